@@ -1,0 +1,3 @@
+from cdev.cli import main
+
+main()
