@@ -157,7 +157,9 @@ class Registry:
         except UnavailableError:
             raise
         except OSError as exc:
-            raise UnavailableError(f"provider {name!r} cannot start: {exc.strerror or exc}") from None
+            raise UnavailableError(
+                f"provider {name!r} cannot start: {exc.strerror or exc}"
+            ) from None
 
     def transport(self, name: str) -> Transport:
         entry = self.transports.get(name)
@@ -169,7 +171,9 @@ class Registry:
 
 def _command_names(app: Any) -> set[str]:
     names = {g.name or "" for g in app.registered_groups}
-    names |= {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    names |= {
+        c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands
+    }
     return names
 
 

@@ -114,7 +114,7 @@ class Provider(ABC):
         mac_key: bytes | None = None,
     ) -> Session: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - most providers hold nothing to release
         """Release the device; sessions must not be used afterwards."""
 
     def __enter__(self) -> Self:

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.hmac import HMAC
 
+from cdev.errors import UsageError
 from cdev.hookspecs import hookimpl
 from cdev.provider import (
     AES_BLOCK,
@@ -25,7 +26,6 @@ from cdev.provider import (
     check_cipher_request,
     check_session_args,
 )
-from cdev.errors import UsageError
 
 MAX_REQUEST = 1 << 30  # in-process: bounded only by memory; keep requests sane
 
@@ -118,5 +118,3 @@ def open_software(arg: str | None) -> Provider:
 @hookimpl
 def cdev_register_providers(register: Callable[..., None]) -> None:
     register(SoftwareProvider.name, SoftwareProvider.description, open_software)
-
-
