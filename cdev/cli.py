@@ -20,7 +20,11 @@ from cdev.errors import EXIT_FAILURE, CdevError
 from cdev.plugins import BLOCK_ENV, LOAD_ENV, Registry, get_registry, load_registry, set_registry
 
 # Built-in command modules, in the order `cdev --help` lists them.
-BUILTIN_COMMANDS = ("cdev.commands.plugins",)
+BUILTIN_COMMANDS = (
+    "cdev.commands.crypt",
+    "cdev.commands.session",
+    "cdev.commands.plugins",
+)
 
 DEBUG_ENV = "CDEV_DEBUG"
 

@@ -27,7 +27,7 @@ class ScryptParams:
 
     def check(self) -> None:
         """Bound parameters read from untrusted input (files, peers) before using them."""
-        if not (10 <= self.log_n <= 22) or not (1 <= self.r <= 32) or not (1 <= self.p <= 16):
+        if not (10 <= self.log_n <= 20) or not (1 <= self.r <= 32) or not (1 <= self.p <= 16):
             raise CdevError(
                 f"scrypt parameters out of range (log2 N={self.log_n}, r={self.r}, p={self.p})"
             )

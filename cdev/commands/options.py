@@ -1,0 +1,24 @@
+"""Options shared by several commands, so they read and behave the same everywhere."""
+
+from __future__ import annotations
+
+import typer
+
+PROVIDER_ENV = "CDEV_PROVIDER"
+DEFAULT_PROVIDER = "software"
+
+ProviderOption = typer.Option(
+    DEFAULT_PROVIDER,
+    "--provider",
+    "-p",
+    envvar=PROVIDER_ENV,
+    metavar="NAME[:ARG]",
+    help="Crypto provider (see 'cdev plugins'), e.g. software, virtio, virtio:/dev/cryptodev1.",
+)
+
+PassphraseFileOption = typer.Option(
+    None,
+    "--passphrase-file",
+    metavar="FILE",
+    help="Read the passphrase from FILE (else CDEV_PASSPHRASE, else a prompt).",
+)

@@ -1,0 +1,203 @@
+"""A provider over the cryptodev ioctl ABI, shared by ``/dev/crypto`` (``cryptodev``) and
+our paravirtual ``/dev/cryptodevN`` (``virtio``): the same calls, a different node."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+from typing import ClassVar
+
+from cdev import cryptodev_abi as abi
+from cdev.errors import UnavailableError
+from cdev.provider import (
+    AES_BLOCK,
+    AES_CBC,
+    AES_KEY_SIZES,
+    HMAC_SHA256,
+    HMAC_SHA256_SIZE,
+    Algorithm,
+    Capabilities,
+    Provider,
+    ProviderError,
+    Session,
+    SessionInfo,
+    check_session_args,
+)
+
+_CIPHERS = {AES_CBC: abi.CRYPTO_AES_CBC}
+_MACS = {HMAC_SHA256: abi.CRYPTO_SHA2_256_HMAC}
+
+
+def _os_error(what: str, exc: OSError) -> ProviderError:
+    name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    return ProviderError(f"{what} failed: {name} ({exc.strerror})")
+
+
+def cbc_chunks(data: bytes, max_request: int) -> list[tuple[int, int]]:
+    """Split a CBC request into device-sized pieces (offset, length), block-aligned."""
+    step = max(AES_BLOCK, max_request - max_request % AES_BLOCK)
+    return [(off, min(step, len(data) - off)) for off in range(0, len(data), step)]
+
+
+class IoctlSession(Session):
+    def __init__(self, provider: IoctlProvider, ses: int, cipher: bool, mac: bool) -> None:
+        self._p = provider
+        self._ses = ses
+        self._has_cipher = cipher
+        self._has_mac = mac
+        self._closed = False
+
+    def _crypt(self, op: int, data: bytes, iv: bytes | None, want_mac: bool) -> tuple[bytes, bytes]:
+        if self._closed:
+            raise ProviderError("session is closed")
+        dst = ctypes.create_string_buffer(len(data)) if self._has_cipher else None
+        mac = ctypes.create_string_buffer(HMAC_SHA256_SIZE) if want_mac else None
+        src = ctypes.create_string_buffer(data, len(data))
+        ivbuf = ctypes.create_string_buffer(iv, len(iv)) if iv is not None else None
+        cop = abi.CryptOp(
+            ses=self._ses,
+            op=op,
+            flags=0,
+            len=len(data),
+            src=ctypes.addressof(src),
+            dst=ctypes.addressof(dst) if dst is not None else None,
+            mac=ctypes.addressof(mac) if mac is not None else None,
+            iv=ctypes.addressof(ivbuf) if ivbuf is not None else None,
+        )
+        try:
+            fcntl.ioctl(self._p.fd, abi.CIOCCRYPT, cop)
+        except OSError as exc:
+            raise _os_error("CIOCCRYPT", exc) from None
+        return (dst.raw if dst is not None else b""), (mac.raw if mac is not None else b"")
+
+    def _cbc(self, op: int, data: bytes, iv: bytes) -> bytes:
+        if not self._has_cipher:
+            raise ProviderError("this session has no cipher")
+        if len(iv) != AES_BLOCK:
+            raise ProviderError(f"IV must be {AES_BLOCK} bytes, got {len(iv)}")
+        if len(data) % AES_BLOCK:
+            raise ProviderError(f"data length {len(data)} is not a multiple of {AES_BLOCK}")
+        out = []
+        # Larger requests than the device takes are chained: CBC's next IV is the last
+        # ciphertext block, of the output when encrypting and of the input when decrypting.
+        for off, length in cbc_chunks(data, self._p.max_request):
+            piece = data[off : off + length]
+            result, _ = self._crypt(op, piece, iv, want_mac=False)
+            out.append(result)
+            if length:
+                iv = (result if op == abi.COP_ENCRYPT else piece)[-AES_BLOCK:]
+        return b"".join(out)
+
+    def encrypt(self, data: bytes, iv: bytes) -> bytes:
+        return self._cbc(abi.COP_ENCRYPT, data, iv)
+
+    def decrypt(self, data: bytes, iv: bytes) -> bytes:
+        return self._cbc(abi.COP_DECRYPT, data, iv)
+
+    def mac(self, data: bytes) -> bytes:
+        if not self._has_mac or self._has_cipher:
+            raise ProviderError("mac() needs a MAC-only session")
+        if len(data) > self._p.max_request:
+            raise ProviderError(
+                f"MAC request of {len(data)} bytes exceeds the device maximum "
+                f"of {self._p.max_request}"
+            )
+        _, tag = self._crypt(abi.COP_ENCRYPT, data, None, want_mac=True)
+        return tag
+
+    def info(self) -> SessionInfo:
+        sio = abi.SessionInfoOp(ses=self._ses)
+        try:
+            fcntl.ioctl(self._p.fd, abi.CIOCGSESSINFO, sio)
+        except OSError as exc:
+            raise _os_error("CIOCGSESSINFO", exc) from None
+        return SessionInfo(
+            cipher_name=sio.cipher_info.cra_name.decode(errors="replace"),
+            cipher_driver=sio.cipher_info.cra_driver_name.decode(errors="replace"),
+            mac_name=sio.hash_info.cra_name.decode(errors="replace"),
+            mac_driver=sio.hash_info.cra_driver_name.decode(errors="replace"),
+            alignmask=sio.alignmask,
+            kernel_driver_only=bool(sio.flags & abi.SIOP_FLAG_KERNEL_DRIVER_ONLY),
+        )
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._p.fd < 0:
+            return  # the device is gone and took its sessions with it
+        try:
+            fcntl.ioctl(self._p.fd, abi.CIOCFSESSION, ctypes.c_uint32(self._ses))
+        except OSError as exc:
+            raise _os_error("CIOCFSESSION", exc) from None
+
+
+class IoctlProvider(Provider):
+    """Base for providers that speak the cryptodev ioctl ABI on a character device."""
+
+    max_request: ClassVar[int] = 16 << 20
+    unavailable_hint: ClassVar[str] = ""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise UnavailableError(f"{path} does not exist; {self.unavailable_hint}") from None
+        except PermissionError:
+            raise UnavailableError(
+                f"no permission to open {path}; run as root or ask for access "
+                "(cdev nodes create --group GROUP)"
+            ) from None
+        except OSError as exc:
+            raise UnavailableError(f"cannot open {path}: {exc.strerror}") from None
+
+    def open_session(
+        self,
+        cipher: str | None = None,
+        key: bytes | None = None,
+        mac: str | None = None,
+        mac_key: bytes | None = None,
+    ) -> Session:
+        check_session_args(cipher, key, mac, mac_key)
+        keybuf = ctypes.create_string_buffer(key or b"", len(key or b""))
+        mackeybuf = ctypes.create_string_buffer(mac_key or b"", len(mac_key or b""))
+        sop = abi.SessionOp(
+            cipher=_CIPHERS[cipher] if cipher else 0,
+            mac=_MACS[mac] if mac else 0,
+            keylen=len(key or b""),
+            key=ctypes.addressof(keybuf) if key else None,
+            mackeylen=len(mac_key or b""),
+            mackey=ctypes.addressof(mackeybuf) if mac_key else None,
+        )
+        try:
+            fcntl.ioctl(self.fd, abi.CIOCGSESSION, sop)
+        except OSError as exc:
+            raise _os_error("CIOCGSESSION", exc) from None
+        finally:
+            ctypes.memset(keybuf, 0, len(key or b""))
+            ctypes.memset(mackeybuf, 0, len(mac_key or b""))
+        return IoctlSession(self, sop.ses, cipher is not None, mac is not None)
+
+    def capabilities(self) -> Capabilities:
+        driver = self.path
+        try:
+            with self.open_session(AES_CBC, bytes(16)) as s:
+                info = s.info()
+            driver = f"{info.cipher_driver or '?'} via {self.path}"
+        except ProviderError:
+            pass
+        return Capabilities(
+            driver=driver,
+            ciphers=(Algorithm(AES_CBC, AES_KEY_SIZES, block_size=AES_BLOCK),),
+            macs=(Algorithm(HMAC_SHA256, (1, 512), digest_size=HMAC_SHA256_SIZE),),
+            max_request=self.max_request,
+            combined=True,
+        )
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
