@@ -1,0 +1,990 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * virtio-cryptodev guest frontend: /dev/cryptodevN speaks the cryptodev-linux ioctl
+ * ABI and forwards every call over one virtqueue to the host (see virtio_cryptodev.h
+ * for the wire protocol).
+ *
+ * Lifetime and locking
+ * --------------------
+ * struct vcd_device embeds the char device and its struct device; the struct device's
+ * release frees it. An open file holds the cdev (and so the device) until it is
+ * released, so a file outliving a hot-unplugged device only sees -ENODEV.
+ *
+ * vcd->lock (spinlock, irq-safe) guards the virtqueue and the "broken" flag; nothing
+ * sleeps or allocates with GFP_KERNEL under it. vcd->remove_sem is held for reading by
+ * a submitter between adding a request and notifying the device, so that removal
+ * (write side) cannot delete the virtqueue under a notify.
+ *
+ * Each request is a refcounted struct vcd_request that owns every buffer of its
+ * descriptor chain: one reference for the waiting task, one for the device while the
+ * chain is in the ring. The virtqueue callback completes and drops the device's
+ * reference; a task killed while waiting drops its own and leaves the buffers to the
+ * callback, so the device never writes into freed memory. An OPEN whose waiter was
+ * killed after the host created a handle has that handle closed by a work item.
+ */
+
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/cdev.h>
+#include <linux/compat.h>
+#include <linux/completion.h>
+#include <linux/device.h>
+#include <linux/file.h>
+#include <linux/fs.h>
+#include <linux/idr.h>
+#include <linux/module.h>
+#include <linux/refcount.h>
+#include <linux/rwsem.h>
+#include <linux/scatterlist.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/uaccess.h>
+#include <linux/version.h>
+#include <linux/virtio.h>
+#include <linux/virtio_config.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+#include <linux/xarray.h>
+
+#include "cryptodev.h"
+#include "virtio_cryptodev.h"
+
+#define VCD_DRIVER_NAME	"virtio-cryptodev"
+#define VCD_MINORS	256
+
+/* Bits stored per session in vcd_file.sessions. */
+#define VCD_SES_CIPHER	BIT(0)
+#define VCD_SES_MAC	BIT(1)
+
+/* An impossible status: a response the device never wrote reads as an error. */
+#define VCD_S_UNSET	0xffffffffU
+
+static unsigned int major;
+module_param(major, uint, 0444);
+MODULE_PARM_DESC(major, "Character device major (0: dynamic, the default; 60: the course's)");
+
+static dev_t vcd_devt;
+static struct class *vcd_class;
+static DEFINE_IDA(vcd_minor_ida);
+
+struct vcd_device {
+	struct virtio_device *vdev;
+	struct virtqueue *vq;		/* NULL once removed */
+	spinlock_t lock;		/* guards vq and broken */
+	bool broken;			/* removed: fail every request */
+	unsigned long freed;		/* bumped when ring entries come back */
+	wait_queue_head_t space_wq;	/* tasks waiting for ring space */
+	struct rw_semaphore remove_sem;	/* add+notify vs. del_vqs */
+	struct list_head orphans;	/* OPENs answered after their waiter died */
+	struct work_struct orphan_work;
+	int minor;
+	struct cdev cdev;
+	struct device dev;
+};
+
+struct vcd_buf {
+	void *data;
+	u32 len;
+};
+
+struct vcd_request {
+	refcount_t ref;
+	struct completion done;
+	struct list_head node;		/* on vcd->orphans */
+	int err;			/* -ENODEV if failed by removal */
+	bool abandoned;			/* waiter gone; under vcd->lock */
+	unsigned int written;		/* bytes the device reported */
+	unsigned int nout, nin;
+	struct vcd_buf out[2];		/* device-readable payload */
+	struct vcd_buf in[2];		/* device-writable results */
+	struct vcd_req req;
+	struct vcd_resp resp ____cacheline_aligned;
+};
+
+struct vcd_file {
+	struct vcd_device *vcd;
+	u32 handle;			/* the device's handle for this file */
+	struct xarray sessions;		/* session id -> VCD_SES_* (xa value) */
+	atomic_t nsessions;
+};
+
+/* Arguments of the ioctls, independent of the caller's pointer size. */
+struct vcd_sess_args {
+	u32 cipher, mac, keylen, mackeylen, ses;
+	u8 __user *key;
+	u8 __user *mackey;
+};
+
+struct vcd_crypt_args {
+	u32 ses, len;
+	u16 op, flags;
+	u8 __user *src;
+	u8 __user *dst;
+	u8 __user *mac;
+	u8 __user *iv;
+};
+
+/* ---- requests ---------------------------------------------------------- */
+
+static struct vcd_request *vcd_req_alloc(u32 type, u32 handle, u32 cmd)
+{
+	struct vcd_request *r = kzalloc(sizeof(*r), GFP_KERNEL);
+
+	if (!r)
+		return NULL;
+	refcount_set(&r->ref, 1);
+	init_completion(&r->done);
+	INIT_LIST_HEAD(&r->node);
+	r->req.type = cpu_to_le32(type);
+	r->req.handle = cpu_to_le32(handle);
+	r->req.cmd = cpu_to_le32(cmd);
+	r->resp.status = cpu_to_le32(VCD_S_UNSET);
+	return r;
+}
+
+/* Buffers may hold keys or plaintext: wipe them all. Safe in any context. */
+static void vcd_req_put(struct vcd_request *r)
+{
+	unsigned int i;
+
+	if (!refcount_dec_and_test(&r->ref))
+		return;
+	for (i = 0; i < r->nout; i++)
+		kfree_sensitive(r->out[i].data);
+	for (i = 0; i < r->nin; i++)
+		kfree_sensitive(r->in[i].data);
+	kfree_sensitive(r);
+}
+
+/* Attach a buffer of @len bytes (none if @len is 0); returns it, or an ERR_PTR. */
+static void *vcd_req_buf(struct vcd_request *r, bool out, u32 len)
+{
+	struct vcd_buf *b = out ? &r->out[r->nout] : &r->in[r->nin];
+	void *p;
+
+	if (!len)
+		return NULL;
+	p = kzalloc(len, GFP_KERNEL | __GFP_NOWARN);
+	if (!p)
+		return ERR_PTR(-ENOMEM);
+	b->data = p;
+	b->len = len;
+	if (out)
+		r->nout++;
+	else
+		r->nin++;
+	return p;
+}
+
+/* A device-readable buffer filled from user memory. */
+static int vcd_req_copy_in(struct vcd_request *r, const void __user *src, u32 len)
+{
+	void *p = vcd_req_buf(r, true, len);
+
+	if (IS_ERR(p))
+		return PTR_ERR(p);
+	if (p && copy_from_user(p, src, len))
+		return -EFAULT;
+	return 0;
+}
+
+static int vcd_status_errno(u32 status)
+{
+	switch (status) {
+	case VCD_S_OK:
+		return 0;
+	case VCD_S_INVAL:
+	case VCD_S_NOSESSION:
+		return -EINVAL;
+	case VCD_S_NOHANDLE:
+		return -EBADF;
+	case VCD_S_NOTSUPP:
+		return -EOPNOTSUPP;
+	case VCD_S_NOMEM:
+		return -ENOMEM;
+	case VCD_S_LIMIT:
+		return -EMFILE;
+	case VCD_S_BADMSG:
+	case VCD_S_ENGINE:
+	default:
+		return -EIO;
+	}
+}
+
+static void vcd_vq_done(struct virtqueue *vq)
+{
+	struct vcd_device *vcd = vq->vdev->priv;
+	struct vcd_request *r;
+	unsigned long flags;
+	unsigned int len;
+	bool freed = false, orphans = false;
+
+	spin_lock_irqsave(&vcd->lock, flags);
+	if (vcd->broken) {
+		spin_unlock_irqrestore(&vcd->lock, flags);
+		return;
+	}
+	do {
+		virtqueue_disable_cb(vq);
+		while ((r = virtqueue_get_buf(vq, &len)) != NULL) {
+			freed = true;
+			r->written = len;
+			if (r->abandoned && le32_to_cpu(r->req.type) == VCD_CALL_OPEN &&
+			    le32_to_cpu(r->resp.status) == VCD_S_OK) {
+				/* Keep the device's reference for the work item. */
+				list_add_tail(&r->node, &vcd->orphans);
+				orphans = true;
+				continue;
+			}
+			complete(&r->done);
+			vcd_req_put(r);
+		}
+	} while (!virtqueue_enable_cb(vq));
+	if (freed)
+		vcd->freed++;
+	spin_unlock_irqrestore(&vcd->lock, flags);
+	if (freed)
+		wake_up_all(&vcd->space_wq);
+	if (orphans)
+		schedule_work(&vcd->orphan_work);
+}
+
+static bool vcd_space_changed(struct vcd_device *vcd, unsigned long seen)
+{
+	return READ_ONCE(vcd->freed) != seen || READ_ONCE(vcd->broken);
+}
+
+/*
+ * Send @r and wait for the answer. Returns 0 with r->resp filled, or an errno. With
+ * @killable a fatal signal ends the waits (-EINTR); the caller drops its reference
+ * in every case.
+ */
+static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killable)
+{
+	struct scatterlist hdr, resp, out[2], in[2];
+	struct scatterlist *sgs[6];
+	unsigned int n = 0, i, in_total = sizeof(r->resp);
+	unsigned long seen;
+	bool notify = false, done;
+	int err;
+
+	sg_init_one(&hdr, &r->req, sizeof(r->req));
+	sgs[n++] = &hdr;
+	for (i = 0; i < r->nout; i++) {
+		sg_init_one(&out[i], r->out[i].data, r->out[i].len);
+		sgs[n++] = &out[i];
+	}
+	for (i = 0; i < r->nin; i++) {
+		sg_init_one(&in[i], r->in[i].data, r->in[i].len);
+		sgs[n++] = &in[i];
+		in_total += r->in[i].len;
+	}
+	sg_init_one(&resp, &r->resp, sizeof(r->resp));
+	sgs[n++] = &resp;
+
+	refcount_inc(&r->ref);	/* the device's reference */
+	for (;;) {
+		if (killable) {
+			if (down_read_killable(&vcd->remove_sem))
+				goto interrupted;
+		} else {
+			down_read(&vcd->remove_sem);
+		}
+		spin_lock_irq(&vcd->lock);
+		if (vcd->broken) {
+			err = -ENODEV;
+		} else {
+			err = virtqueue_add_sgs(vcd->vq, sgs, 1 + r->nout, r->nin + 1, r,
+						GFP_ATOMIC);
+			notify = !err && virtqueue_kick_prepare(vcd->vq);
+		}
+		seen = vcd->freed;
+		spin_unlock_irq(&vcd->lock);
+		if (!err && notify)
+			virtqueue_notify(vcd->vq);
+		up_read(&vcd->remove_sem);
+		if (!err)
+			break;
+		if (err != -ENOSPC) {
+			refcount_dec(&r->ref);
+			return err;
+		}
+		/* Ring full: sleep until the device hands entries back. */
+		if (killable) {
+			if (wait_event_killable(vcd->space_wq, vcd_space_changed(vcd, seen)))
+				goto interrupted;
+		} else {
+			wait_event(vcd->space_wq, vcd_space_changed(vcd, seen));
+		}
+	}
+
+	if (killable) {
+		if (wait_for_completion_killable(&r->done)) {
+			/* Answered meanwhile: the answer counts (an OPEN's handle). */
+			spin_lock_irq(&vcd->lock);
+			done = completion_done(&r->done);
+			if (!done)
+				r->abandoned = true;
+			spin_unlock_irq(&vcd->lock);
+			/* The callback or removal drops the device's reference. */
+			if (!done)
+				return -EINTR;
+		}
+	} else {
+		wait_for_completion(&r->done);
+	}
+	if (r->err)
+		return r->err;
+	if (le32_to_cpu(r->resp.status) == VCD_S_OK && r->written < in_total) {
+		dev_warn_ratelimited(&vcd->dev, "short answer: %u of %u bytes\n",
+				     r->written, in_total);
+		return -EIO;
+	}
+	return 0;
+
+interrupted:
+	refcount_dec(&r->ref);
+	return -EINTR;
+}
+
+/* CLOSE a device handle; never interrupted, so the host never keeps it. */
+static int vcd_close_handle(struct vcd_device *vcd, u32 handle)
+{
+	struct vcd_request *r = vcd_req_alloc(VCD_CALL_CLOSE, handle, 0);
+	int err;
+
+	if (!r)
+		return -ENOMEM;
+	err = vcd_submit(vcd, r, false);
+	if (!err)
+		err = vcd_status_errno(le32_to_cpu(r->resp.status));
+	vcd_req_put(r);
+	return err;
+}
+
+static void vcd_orphan_work(struct work_struct *work)
+{
+	struct vcd_device *vcd = container_of(work, struct vcd_device, orphan_work);
+	struct vcd_request *r;
+	u32 handle;
+	int err;
+
+	for (;;) {
+		spin_lock_irq(&vcd->lock);
+		r = list_first_entry_or_null(&vcd->orphans, struct vcd_request, node);
+		if (r)
+			list_del_init(&r->node);
+		spin_unlock_irq(&vcd->lock);
+		if (!r)
+			return;
+		handle = le32_to_cpu(r->resp.handle);
+		complete(&r->done);
+		vcd_req_put(r);
+		err = vcd_close_handle(vcd, handle);
+		if (err && err != -ENODEV)
+			dev_warn(&vcd->dev, "closing orphaned handle %u: %d\n", handle, err);
+	}
+}
+
+/* ---- ioctls ------------------------------------------------------------ */
+
+/* Send an IOCTL request; returns the errno of the call, transport or status. */
+static int vcd_call(struct vcd_file *vf, struct vcd_request *r)
+{
+	int err = vcd_submit(vf->vcd, r, true);
+
+	if (err)
+		return err;
+	return vcd_status_errno(le32_to_cpu(r->resp.status));
+}
+
+static int vcd_destroy_session(struct vcd_file *vf, u32 ses)
+{
+	struct vcd_request *r;
+	int err;
+
+	r = vcd_req_alloc(VCD_CALL_IOCTL, vf->handle, VCD_CMD_SESSION_DESTROY);
+	if (!r)
+		return -ENOMEM;
+	r->req.session = cpu_to_le32(ses);
+	err = vcd_call(vf, r);
+	vcd_req_put(r);
+	return err;
+}
+
+static int vcd_create_session(struct vcd_file *vf, struct vcd_sess_args *a)
+{
+	struct vcd_request *r;
+	unsigned long bits = 0;
+	int err;
+
+	switch (a->cipher) {
+	case 0:
+		if (a->keylen)
+			return -EINVAL;
+		break;
+	case CRYPTO_AES_CBC:
+		if (a->keylen != 16 && a->keylen != 24 && a->keylen != 32)
+			return -EINVAL;
+		bits |= VCD_SES_CIPHER;
+		break;
+	default:
+		return -EINVAL;
+	}
+	switch (a->mac) {
+	case 0:
+		if (a->mackeylen)
+			return -EINVAL;
+		break;
+	case CRYPTO_SHA2_256_HMAC:
+		if (a->mackeylen > CRYPTO_HMAC_MAX_KEY_LEN)
+			return -EINVAL;
+		bits |= VCD_SES_MAC;
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (!bits)
+		return -EINVAL;
+
+	if (atomic_inc_return(&vf->nsessions) > VCD_MAX_SESSIONS) {
+		err = -EMFILE;
+		goto out_count;
+	}
+	r = vcd_req_alloc(VCD_CALL_IOCTL, vf->handle, VCD_CMD_SESSION_CREATE);
+	if (!r) {
+		err = -ENOMEM;
+		goto out_count;
+	}
+	r->req.cipher = cpu_to_le32(a->cipher);
+	r->req.mac = cpu_to_le32(a->mac);
+	r->req.keylen = cpu_to_le32(a->keylen);
+	r->req.mackeylen = cpu_to_le32(a->mackeylen);
+	err = vcd_req_copy_in(r, a->key, a->keylen);
+	if (!err)
+		err = vcd_req_copy_in(r, a->mackey, a->mackeylen);
+	if (!err)
+		err = vcd_call(vf, r);
+	if (!err) {
+		a->ses = le32_to_cpu(r->resp.session);
+		err = xa_insert(&vf->sessions, a->ses, xa_mk_value(bits), GFP_KERNEL);
+		if (err) {
+			/* -EBUSY: the device reused a live id. */
+			vcd_destroy_session(vf, a->ses);
+			err = err == -EBUSY ? -EIO : err;
+		}
+	}
+	vcd_req_put(r);
+	if (!err)
+		return 0;
+out_count:
+	atomic_dec(&vf->nsessions);
+	return err;
+}
+
+static int vcd_free_session(struct vcd_file *vf, u32 ses)
+{
+	int err;
+
+	if (!xa_load(&vf->sessions, ses))
+		return -EINVAL;
+	err = vcd_destroy_session(vf, ses);
+	/* Unknown to the device too: forget it here as well. */
+	if (!err || err == -EINVAL) {
+		if (xa_erase(&vf->sessions, ses))
+			atomic_dec(&vf->nsessions);
+	}
+	return err;
+}
+
+static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
+{
+	struct vcd_request *r;
+	void *entry, *dst = NULL, *mac = NULL, *iv;
+	unsigned long bits;
+	int err;
+
+	if (a->op != COP_ENCRYPT && a->op != COP_DECRYPT)
+		return -EINVAL;
+	if (a->flags & ~(COP_FLAG_WRITE_IV | COP_FLAG_NO_ZC))
+		return -EINVAL;
+	if (a->len > VCD_MAX_DATA_LEN)
+		return -EINVAL;
+	entry = xa_load(&vf->sessions, a->ses);
+	if (!entry)
+		return -EINVAL;
+	bits = xa_to_value(entry);
+	if ((bits & VCD_SES_CIPHER) && a->len % VCD_BLOCK_LEN)
+		return -EINVAL;
+
+	r = vcd_req_alloc(VCD_CALL_IOCTL, vf->handle, VCD_CMD_CRYPT);
+	if (!r)
+		return -ENOMEM;
+	r->req.session = cpu_to_le32(a->ses);
+	r->req.op = cpu_to_le16(a->op);
+	r->req.len = cpu_to_le32(a->len);
+	if (bits & VCD_SES_CIPHER) {
+		r->req.ivlen = cpu_to_le32(VCD_IV_LEN);
+		iv = vcd_req_buf(r, true, VCD_IV_LEN);
+		err = PTR_ERR_OR_ZERO(iv);
+		/* No IV from the caller: an all-zero one. */
+		if (!err && a->iv && copy_from_user(iv, a->iv, VCD_IV_LEN))
+			err = -EFAULT;
+		if (err)
+			goto out;
+	}
+	err = vcd_req_copy_in(r, a->src, a->len);
+	if (err)
+		goto out;
+	if (bits & VCD_SES_CIPHER) {
+		dst = vcd_req_buf(r, false, a->len);
+		if (IS_ERR(dst)) {
+			err = PTR_ERR(dst);
+			goto out;
+		}
+	}
+	if (bits & VCD_SES_MAC) {
+		mac = vcd_req_buf(r, false, VCD_HMAC_SHA256_LEN);
+		if (IS_ERR(mac)) {
+			err = PTR_ERR(mac);
+			goto out;
+		}
+	}
+
+	err = vcd_call(vf, r);
+	if (err)
+		goto out;
+	if (dst && copy_to_user(a->dst, dst, a->len))
+		err = -EFAULT;
+	else if (mac && copy_to_user(a->mac, mac, VCD_HMAC_SHA256_LEN))
+		err = -EFAULT;
+	else if ((a->flags & COP_FLAG_WRITE_IV) && dst && a->iv && a->len) {
+		/* CBC: the next IV is the last ciphertext block. */
+		const u8 *ct = a->op == COP_ENCRYPT ? dst : r->out[r->nout - 1].data;
+
+		if (copy_to_user(a->iv, ct + a->len - VCD_BLOCK_LEN, VCD_BLOCK_LEN))
+			err = -EFAULT;
+	}
+out:
+	vcd_req_put(r);
+	return err;
+}
+
+static void vcd_copy_name(char *to, const char *from)
+{
+	memcpy(to, from, VCD_NAME_LEN);
+	to[CRYPTODEV_MAX_ALG_NAME - 1] = '\0';
+}
+
+static int vcd_session_info(struct vcd_file *vf, void __user *argp)
+{
+	struct session_info_op *op;
+	struct vcd_session_info *info;
+	struct vcd_request *r;
+	int err;
+
+	op = kzalloc(sizeof(*op), GFP_KERNEL);
+	if (!op)
+		return -ENOMEM;
+	if (get_user(op->ses, (u32 __user *)argp)) {
+		err = -EFAULT;
+		goto out_op;
+	}
+	if (!xa_load(&vf->sessions, op->ses)) {
+		err = -EINVAL;
+		goto out_op;
+	}
+	r = vcd_req_alloc(VCD_CALL_IOCTL, vf->handle, VCD_CMD_SESSION_INFO);
+	if (!r) {
+		err = -ENOMEM;
+		goto out_op;
+	}
+	r->req.session = cpu_to_le32(op->ses);
+	info = vcd_req_buf(r, false, sizeof(*info));
+	err = PTR_ERR_OR_ZERO(info);
+	if (!err)
+		err = vcd_call(vf, r);
+	if (!err) {
+		BUILD_BUG_ON(VCD_NAME_LEN != CRYPTODEV_MAX_ALG_NAME);
+		vcd_copy_name(op->cipher_info.cra_name, info->cipher_name);
+		vcd_copy_name(op->cipher_info.cra_driver_name, info->cipher_driver);
+		vcd_copy_name(op->hash_info.cra_name, info->mac_name);
+		vcd_copy_name(op->hash_info.cra_driver_name, info->mac_driver);
+		op->alignmask = (u16)le32_to_cpu(info->alignmask);
+		op->flags = le32_to_cpu(info->flags) & SIOP_FLAG_KERNEL_DRIVER_ONLY;
+		if (copy_to_user(argp, op, sizeof(*op)))
+			err = -EFAULT;
+	}
+	vcd_req_put(r);
+out_op:
+	kfree(op);
+	return err;
+}
+
+/* CRIOGET: like cryptodev-linux, a second descriptor for the same open file. */
+static int vcd_crioget(struct file *filp, u32 __user *argp)
+{
+	int fd = get_unused_fd_flags(O_CLOEXEC);
+
+	if (fd < 0)
+		return fd;
+	if (put_user(fd, argp)) {
+		put_unused_fd(fd);
+		return -EFAULT;
+	}
+	fd_install(fd, get_file(filp));
+	return 0;
+}
+
+static long vcd_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
+{
+	struct vcd_file *vf = filp->private_data;
+	void __user *argp = (void __user *)arg;
+	struct vcd_crypt_args ca;
+	struct vcd_sess_args sa;
+	struct session_op sop;
+	struct crypt_op cop;
+	u32 ses;
+	long err;
+
+	switch (cmd) {
+	case CIOCGSESSION:
+		if (copy_from_user(&sop, argp, sizeof(sop)))
+			return -EFAULT;
+		sa = (struct vcd_sess_args){
+			.cipher = sop.cipher, .mac = sop.mac,
+			.keylen = sop.keylen, .mackeylen = sop.mackeylen,
+			.key = sop.key, .mackey = sop.mackey,
+		};
+		err = vcd_create_session(vf, &sa);
+		if (err)
+			return err;
+		sop.ses = sa.ses;
+		if (copy_to_user(argp, &sop, sizeof(sop))) {
+			vcd_free_session(vf, sa.ses);
+			return -EFAULT;
+		}
+		return 0;
+	case CIOCFSESSION:
+		if (get_user(ses, (u32 __user *)argp))
+			return -EFAULT;
+		return vcd_free_session(vf, ses);
+	case CIOCCRYPT:
+		if (copy_from_user(&cop, argp, sizeof(cop)))
+			return -EFAULT;
+		ca = (struct vcd_crypt_args){
+			.ses = cop.ses, .op = cop.op, .flags = cop.flags, .len = cop.len,
+			.src = cop.src, .dst = cop.dst, .mac = cop.mac, .iv = cop.iv,
+		};
+		return vcd_crypt(vf, &ca);
+	case CIOCGSESSINFO:
+		return vcd_session_info(vf, argp);
+	case CRIOGET:
+		return vcd_crioget(filp, argp);
+	default:
+		return -ENOTTY;
+	}
+}
+
+#ifdef CONFIG_COMPAT
+/* 32-bit userspace: the same structs with 32-bit pointers, so other ioctl numbers. */
+struct compat_session_op {
+	u32 cipher;
+	u32 mac;
+	u32 keylen;
+	compat_uptr_t key;
+	u32 mackeylen;
+	compat_uptr_t mackey;
+	u32 ses;
+};
+
+struct compat_crypt_op {
+	u32 ses;
+	u16 op;
+	u16 flags;
+	u32 len;
+	compat_uptr_t src, dst, mac, iv;
+};
+
+#define COMPAT_CIOCGSESSION	_IOWR('c', 102, struct compat_session_op)
+#define COMPAT_CIOCCRYPT	_IOWR('c', 104, struct compat_crypt_op)
+
+static long vcd_compat_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
+{
+	struct vcd_file *vf = filp->private_data;
+	void __user *argp = compat_ptr(arg);
+	struct compat_session_op sop;
+	struct compat_crypt_op cop;
+	struct vcd_crypt_args ca;
+	struct vcd_sess_args sa;
+	long err;
+
+	switch (cmd) {
+	case COMPAT_CIOCGSESSION:
+		if (copy_from_user(&sop, argp, sizeof(sop)))
+			return -EFAULT;
+		sa = (struct vcd_sess_args){
+			.cipher = sop.cipher, .mac = sop.mac,
+			.keylen = sop.keylen, .mackeylen = sop.mackeylen,
+			.key = compat_ptr(sop.key), .mackey = compat_ptr(sop.mackey),
+		};
+		err = vcd_create_session(vf, &sa);
+		if (err)
+			return err;
+		sop.ses = sa.ses;
+		if (copy_to_user(argp, &sop, sizeof(sop))) {
+			vcd_free_session(vf, sa.ses);
+			return -EFAULT;
+		}
+		return 0;
+	case COMPAT_CIOCCRYPT:
+		if (copy_from_user(&cop, argp, sizeof(cop)))
+			return -EFAULT;
+		ca = (struct vcd_crypt_args){
+			.ses = cop.ses, .op = cop.op, .flags = cop.flags, .len = cop.len,
+			.src = compat_ptr(cop.src), .dst = compat_ptr(cop.dst),
+			.mac = compat_ptr(cop.mac), .iv = compat_ptr(cop.iv),
+		};
+		return vcd_crypt(vf, &ca);
+	case CIOCFSESSION:
+	case CIOCGSESSINFO:
+	case CRIOGET:
+		/* Same layout for 32- and 64-bit callers. */
+		return vcd_ioctl(filp, cmd, (unsigned long)argp);
+	default:
+		return -ENOTTY;
+	}
+}
+#endif
+
+/* ---- file operations --------------------------------------------------- */
+
+static int vcd_open(struct inode *inode, struct file *filp)
+{
+	struct vcd_device *vcd = container_of(inode->i_cdev, struct vcd_device, cdev);
+	struct vcd_request *r;
+	struct vcd_file *vf;
+	int err;
+
+	vf = kzalloc(sizeof(*vf), GFP_KERNEL);
+	if (!vf)
+		return -ENOMEM;
+	vf->vcd = vcd;
+	xa_init(&vf->sessions);
+	atomic_set(&vf->nsessions, 0);
+
+	r = vcd_req_alloc(VCD_CALL_OPEN, 0, 0);
+	if (!r) {
+		err = -ENOMEM;
+		goto out_free;
+	}
+	err = vcd_submit(vcd, r, true);
+	if (!err)
+		err = vcd_status_errno(le32_to_cpu(r->resp.status));
+	if (!err)
+		vf->handle = le32_to_cpu(r->resp.handle);
+	vcd_req_put(r);
+	if (err)
+		goto out_free;
+	filp->private_data = vf;
+	return nonseekable_open(inode, filp);
+
+out_free:
+	kfree(vf);
+	return err;
+}
+
+static int vcd_release(struct inode *inode, struct file *filp)
+{
+	struct vcd_file *vf = filp->private_data;
+	int err;
+
+	/* The device drops the handle's sessions with it. */
+	err = vcd_close_handle(vf->vcd, vf->handle);
+	if (err && err != -ENODEV)
+		dev_warn_ratelimited(&vf->vcd->dev, "closing handle %u failed: %d\n",
+				     vf->handle, err);
+	xa_destroy(&vf->sessions);
+	kfree(vf);
+	return 0;
+}
+
+static const struct file_operations vcd_fops = {
+	.owner = THIS_MODULE,
+	.open = vcd_open,
+	.release = vcd_release,
+	.unlocked_ioctl = vcd_ioctl,
+#ifdef CONFIG_COMPAT
+	.compat_ioctl = vcd_compat_ioctl,
+#endif
+};
+
+/* ---- virtio driver ----------------------------------------------------- */
+
+static void vcd_dev_release(struct device *dev)
+{
+	kfree(container_of(dev, struct vcd_device, dev));
+}
+
+static int vcd_probe(struct virtio_device *vdev)
+{
+	struct vcd_device *vcd;
+	int err;
+
+	vcd = kzalloc(sizeof(*vcd), GFP_KERNEL);
+	if (!vcd)
+		return -ENOMEM;
+	vcd->vdev = vdev;
+	spin_lock_init(&vcd->lock);
+	init_waitqueue_head(&vcd->space_wq);
+	init_rwsem(&vcd->remove_sem);
+	INIT_LIST_HEAD(&vcd->orphans);
+	INIT_WORK(&vcd->orphan_work, vcd_orphan_work);
+	vdev->priv = vcd;
+
+	vcd->minor = ida_alloc_max(&vcd_minor_ida, VCD_MINORS - 1, GFP_KERNEL);
+	if (vcd->minor < 0) {
+		err = vcd->minor;
+		kfree(vcd);
+		return err;
+	}
+	device_initialize(&vcd->dev);
+	vcd->dev.class = vcd_class;
+	vcd->dev.parent = &vdev->dev;
+	vcd->dev.devt = MKDEV(MAJOR(vcd_devt), vcd->minor);
+	vcd->dev.release = vcd_dev_release;
+	err = dev_set_name(&vcd->dev, "cryptodev%d", vcd->minor);
+	if (err)
+		goto out_put;
+	cdev_init(&vcd->cdev, &vcd_fops);
+	vcd->cdev.owner = THIS_MODULE;
+
+	vcd->vq = virtio_find_single_vq(vdev, vcd_vq_done, "requests");
+	if (IS_ERR(vcd->vq)) {
+		err = PTR_ERR(vcd->vq);
+		goto out_put;
+	}
+	virtio_device_ready(vdev);
+
+	err = cdev_device_add(&vcd->cdev, &vcd->dev);
+	if (err)
+		goto out_vqs;
+	dev_info(&vdev->dev, "cryptodev%d: %u-entry queue\n", vcd->minor,
+		 virtqueue_get_vring_size(vcd->vq));
+	return 0;
+
+out_vqs:
+	virtio_reset_device(vdev);
+	vdev->config->del_vqs(vdev);
+out_put:
+	ida_free(&vcd_minor_ida, vcd->minor);
+	put_device(&vcd->dev);
+	return err;
+}
+
+static void vcd_remove(struct virtio_device *vdev)
+{
+	struct vcd_device *vcd = vdev->priv;
+	struct vcd_request *r;
+
+	/* No new opens; open files keep vcd alive but see -ENODEV from here on. */
+	cdev_device_del(&vcd->cdev, &vcd->dev);
+
+	spin_lock_irq(&vcd->lock);
+	vcd->broken = true;
+	spin_unlock_irq(&vcd->lock);
+	wake_up_all(&vcd->space_wq);
+	/* Wait out submitters between add and notify. */
+	down_write(&vcd->remove_sem);
+	up_write(&vcd->remove_sem);
+
+	/* The device stops touching our buffers; take them all back. */
+	virtio_reset_device(vdev);
+	spin_lock_irq(&vcd->lock);
+	while ((r = virtqueue_detach_unused_buf(vcd->vq)) != NULL) {
+		r->err = -ENODEV;
+		complete(&r->done);
+		vcd_req_put(r);
+	}
+	spin_unlock_irq(&vcd->lock);
+	vdev->config->del_vqs(vdev);
+
+	/* Orphaned OPENs: the host state is gone with the reset. */
+	cancel_work_sync(&vcd->orphan_work);
+	while ((r = list_first_entry_or_null(&vcd->orphans, struct vcd_request, node))) {
+		list_del_init(&r->node);
+		complete(&r->done);
+		vcd_req_put(r);
+	}
+	vcd->vq = NULL;
+
+	ida_free(&vcd_minor_ida, vcd->minor);
+	put_device(&vcd->dev);
+}
+
+static const struct virtio_device_id vcd_id_table[] = {
+	{ VIRTIO_ID_CRYPTODEV, VIRTIO_DEV_ANY_ID },
+	{ 0 },
+};
+MODULE_DEVICE_TABLE(virtio, vcd_id_table);
+
+static struct virtio_driver vcd_driver = {
+	.driver.name = KBUILD_MODNAME,
+	.driver.owner = THIS_MODULE,
+	.id_table = vcd_id_table,
+	.probe = vcd_probe,
+	.remove = vcd_remove,
+};
+
+static int __init vcd_init(void)
+{
+	int err;
+
+	if (major) {
+		vcd_devt = MKDEV(major, 0);
+		err = register_chrdev_region(vcd_devt, VCD_MINORS, VCD_DRIVER_NAME);
+	} else {
+		err = alloc_chrdev_region(&vcd_devt, 0, VCD_MINORS, VCD_DRIVER_NAME);
+	}
+	if (err) {
+		pr_err("cannot get char major %u: %d\n", major, err);
+		return err;
+	}
+
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 4, 0)
+	vcd_class = class_create(VCD_DRIVER_NAME);
+#else
+	vcd_class = class_create(THIS_MODULE, VCD_DRIVER_NAME);
+#endif
+	if (IS_ERR(vcd_class)) {
+		err = PTR_ERR(vcd_class);
+		goto out_region;
+	}
+
+	err = register_virtio_driver(&vcd_driver);
+	if (err)
+		goto out_class;
+	return 0;
+
+out_class:
+	class_destroy(vcd_class);
+out_region:
+	unregister_chrdev_region(vcd_devt, VCD_MINORS);
+	return err;
+}
+
+static void __exit vcd_exit(void)
+{
+	/* Devices (and their char devices) go first, then what they live in. */
+	unregister_virtio_driver(&vcd_driver);
+	class_destroy(vcd_class);
+	unregister_chrdev_region(vcd_devt, VCD_MINORS);
+	ida_destroy(&vcd_minor_ida);
+}
+
+module_init(vcd_init);
+module_exit(vcd_exit);
+
+MODULE_DESCRIPTION("virtio-cryptodev: cryptodev-linux ioctls forwarded to the host");
+MODULE_LICENSE("GPL");
+MODULE_AUTHOR("cdev contributors");
