@@ -21,9 +21,11 @@ from cdev.plugins import BLOCK_ENV, LOAD_ENV, Registry, get_registry, load_regis
 
 # Built-in command modules, in the order `cdev --help` lists them.
 BUILTIN_COMMANDS = (
+    "cdev.commands.chat",
     "cdev.commands.crypt",
     "cdev.commands.session",
     "cdev.commands.plugins",
+    "cdev.commands.qemu",
 )
 
 DEBUG_ENV = "CDEV_DEBUG"

@@ -1,0 +1,103 @@
+"""Where chat text comes from and goes: pipe mode (like nc) or a rich terminal view.
+
+Pipe mode (stdin is not a terminal) writes received messages to stdout, one per line, and
+notices to stderr, so ``cdev chat connect HOST:PORT < file > out`` works like nc. On a
+terminal, messages are shown with the sender's name and a time stamp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from typing import BinaryIO, Protocol
+
+from rich.console import Console
+from rich.text import Text
+
+from cdev.chat.framing import MAX_TEXT
+
+
+class ChatUI(Protocol):
+    interactive: bool
+
+    def message(self, nick: str | None, text: bytes) -> None: ...
+    def notice(self, text: str) -> None: ...
+
+
+class PipeUI:
+    """Messages to stdout (``<nick> text`` in a room, bare text between two peers)."""
+
+    interactive = False
+
+    def __init__(self, out: BinaryIO | None = None, err: BinaryIO | None = None) -> None:
+        self._out = out if out is not None else sys.stdout.buffer
+        self._err = err if err is not None else sys.stderr.buffer
+
+    def message(self, nick: str | None, text: bytes) -> None:
+        line = text + b"\n" if nick is None else b"<" + nick.encode() + b"> " + text + b"\n"
+        self._out.write(line)
+        self._out.flush()
+
+    def notice(self, text: str) -> None:
+        self._err.write(f"cdev: {text}\n".encode())
+        self._err.flush()
+
+
+def _printable(text: str) -> str:
+    # Peers must not be able to drive our terminal with escape sequences.
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)
+
+
+class RichUI:
+    interactive = True
+
+    def __init__(self, console: Console | None = None) -> None:
+        self._console = console or Console(highlight=False, soft_wrap=True)
+
+    def message(self, nick: str | None, text: bytes) -> None:
+        line = Text(time.strftime("%H:%M "), style="dim")
+        line.append(_printable(nick or "peer"), style="bold cyan")
+        line.append(": ")
+        line.append(_printable(text.decode("utf-8", "replace")))
+        self._console.print(line)
+
+    def notice(self, text: str) -> None:
+        self._console.print(Text(f"-- {_printable(text)}", style="italic yellow"))
+
+
+def pick_ui() -> ChatUI:
+    return RichUI() if sys.stdin.isatty() and sys.stdout.isatty() else PipeUI()
+
+
+class LineSource:
+    """Lines from a binary stream, read in a daemon thread so a blocked read never holds up
+    the event loop or its shutdown. ``get()`` returns None at EOF."""
+
+    def __init__(self, stream: BinaryIO | None = None) -> None:
+        self._stream = stream if stream is not None else sys.stdin.buffer
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
+        self._loop = asyncio.get_running_loop()
+        threading.Thread(target=self._run, name="cdev-stdin", daemon=True).start()
+
+    def _put(self, item: bytes | None) -> None:
+        fut = asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop)
+        fut.result()  # back-pressure: the reader thread waits while the queue is full
+
+    def _run(self) -> None:
+        try:
+            for raw in iter(self._stream.readline, b""):
+                line = raw.rstrip(b"\n").rstrip(b"\r")
+                # Longer lines are sent as several messages (documented).
+                for i in range(0, max(len(line), 1), MAX_TEXT):
+                    self._put(line[i : i + MAX_TEXT])
+        except (OSError, ValueError, RuntimeError):
+            pass  # stdin closed under us, or the loop is gone: treat as EOF
+        try:
+            self._put(None)
+        except RuntimeError:
+            pass
+
+    async def get(self) -> bytes | None:
+        return await self._queue.get()

@@ -1,0 +1,82 @@
+"""The ``unix`` transport: Unix-domain stream sockets named by a filesystem path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import stat
+from collections.abc import Callable
+
+from cdev.errors import CdevError, UsageError
+from cdev.hookspecs import hookimpl
+from cdev.transport import ConnectionHandler, Transport
+
+# sun_path is 108 bytes on Linux, including the terminating NUL.
+MAX_PATH = 107
+
+
+def _check(address: str) -> str:
+    if not address:
+        raise UsageError("malformed address '': expected a socket PATH")
+    if "\0" in address:
+        raise UsageError("malformed address: a socket path cannot contain NUL")
+    if len(os.fsencode(address)) > MAX_PATH:
+        raise UsageError(f"socket path is longer than {MAX_PATH} bytes: {address}")
+    return address
+
+
+def _is_stale(path: str) -> bool:
+    """True if ``path`` is a socket nobody listens on (left over from a crash)."""
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False
+
+
+class UnixTransport(Transport):
+    name = "unix"
+    description = "Unix-domain sockets (PATH)"
+    address_help = "PATH"
+
+    async def serve(self, address: str, handler: ConnectionHandler) -> asyncio.AbstractServer:
+        path = _check(address)
+        if _is_stale(path):
+            # Only a dead socket is removed; a live one means "in use" below.
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        try:
+            return await asyncio.start_unix_server(handler, path, backlog=4096)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CdevError(f"cannot listen on {path}: address already in use") from None
+            raise CdevError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+
+    async def connect(
+        self, address: str, timeout: float
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        path = _check(address)
+        try:
+            return await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+        except TimeoutError:
+            raise CdevError(f"cannot connect to {path}: timed out after {timeout:g} s") from None
+        except OSError as exc:
+            raise CdevError(f"cannot connect to {path}: {exc.strerror or exc}") from None
+
+
+@hookimpl
+def cdev_register_transports(register: Callable[..., None]) -> None:
+    register(UnixTransport.name, UnixTransport.description, UnixTransport)
