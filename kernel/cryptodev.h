@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0+ */
 /*
- * The cryptodev-linux user ABI (crypto/cryptodev.h of cryptodev-linux), the part
- * that /dev/cryptodevN implements. The layouts and ioctl numbers must stay
- * byte-for-byte those of cryptodev-linux: existing programs are built against them.
+ * The cryptodev-linux user ABI, the part that /dev/cryptodevN implements. The
+ * layouts and ioctl numbers must stay byte-for-byte those of cryptodev-linux:
+ * existing programs are built against them.
  *
  * x86_64: sizeof(struct session_op) == sizeof(struct crypt_op) == 48,
  * sizeof(struct session_info_op) == 268.

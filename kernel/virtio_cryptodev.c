@@ -39,7 +39,6 @@
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/uaccess.h>
-#include <linux/version.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
 #include <linux/wait.h>
@@ -554,11 +553,15 @@ static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
 	err = vcd_call(vf, r);
 	if (err)
 		goto out;
-	if (dst && copy_to_user(a->dst, dst, a->len))
+	if (dst && copy_to_user(a->dst, dst, a->len)) {
 		err = -EFAULT;
-	else if (mac && copy_to_user(a->mac, mac, VCD_HMAC_SHA256_LEN))
+		goto out;
+	}
+	if (mac && copy_to_user(a->mac, mac, VCD_HMAC_SHA256_LEN)) {
 		err = -EFAULT;
-	else if ((a->flags & COP_FLAG_WRITE_IV) && dst && a->iv && a->len) {
+		goto out;
+	}
+	if ((a->flags & COP_FLAG_WRITE_IV) && dst && a->iv && a->len) {
 		/* CBC: the next IV is the last ciphertext block. */
 		const u8 *ct = a->op == COP_ENCRYPT ? dst : r->out[r->nout - 1].data;
 
@@ -951,10 +954,11 @@ static int __init vcd_init(void)
 		return err;
 	}
 
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 4, 0)
-	vcd_class = class_create(VCD_DRIVER_NAME);
-#else
+#ifdef class_create
+	/* Before Linux 6.4, class_create() was a macro that also took the owner. */
 	vcd_class = class_create(THIS_MODULE, VCD_DRIVER_NAME);
+#else
+	vcd_class = class_create(VCD_DRIVER_NAME);
 #endif
 	if (IS_ERR(vcd_class)) {
 		err = PTR_ERR(vcd_class);
