@@ -1,0 +1,1 @@
+"""Guest VM tooling: the QEMU build with our device, and booting guests with it."""

@@ -1,0 +1,922 @@
+/*
+ * virtio-cryptodev: a paravirtualized cryptodev-linux style crypto device
+ *
+ * The guest's /dev/cryptodevN calls (open, close and the CIOC* ioctls) arrive
+ * as descriptor chains on one virtqueue; the layout is defined by
+ * virtio_cryptodev.h, shared with the guest frontend.
+ *
+ * Threat model: the guest is hostile.  Every count, length, handle, session
+ * id and command is checked before use; a bad request is answered with an
+ * error status and never reaches an assert.  Chains are read as byte streams
+ * (the virtio spec forbids relying on descriptor boundaries), so only the
+ * total readable and writable sizes matter and both must match the request
+ * exactly.
+ *
+ * Concurrency: the queue handler runs under the BQL.  It pops every available
+ * element, answers the cheap calls (open, close, session create/destroy/info)
+ * at once, copies the input of CRYPT requests into host memory and hands them
+ * to QEMU's thread pool, so that bulk crypto runs off the vCPU and main loop
+ * threads and several requests proceed in parallel.  Completions come back
+ * to the main loop, which copies the results into the guest buffers, pushes
+ * the element and schedules one notification per batch.  Sessions are
+ * reference counted so that a session destroyed (or a handle closed) while a
+ * worker uses it lives until the worker is done; a per-session mutex keeps
+ * two workers off the same engine state.  Reset and unrealize wait for the
+ * in-flight requests, which are bounded CPU work, then free everything.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qemu/iov.h"
+#include "qemu/module.h"
+#include "qemu/main-loop.h"
+#include "qemu/thread.h"
+#include "qemu/error-report.h"
+#include "block/aio.h"
+#include "block/aio-wait.h"
+#include "block/thread-pool.h"
+#include "crypto/cipher.h"
+#include "crypto/hmac.h"
+#include "hw/qdev-properties.h"
+#include "hw/virtio/virtio.h"
+#include "hw/virtio/virtio-cryptodev.h"
+#include "migration/vmstate.h"
+#include "standard-headers/linux/virtio_config.h"
+#include "trace.h"
+#include <sys/ioctl.h>
+
+QEMU_BUILD_BUG_ON(sizeof(struct vcd_req) != 48);
+QEMU_BUILD_BUG_ON(sizeof(struct vcd_resp) != 16);
+QEMU_BUILD_BUG_ON(sizeof(struct vcd_session_info) != 264);
+
+#define VCD_HANDLE_SLOT_BITS 16
+#define VCD_HANDLE_SLOT_MASK ((1u << VCD_HANDLE_SLOT_BITS) - 1)
+
+typedef struct VcdSession {
+    uint32_t id;
+    uint32_t cipher;
+    uint32_t mac;
+    /* Main loop only: the table's reference plus one per in-flight request. */
+    unsigned refs;
+    /* Serializes the engine state (the cipher's IV) between workers. */
+    QemuMutex lock;
+    /* builtin engine */
+    QCryptoCipher *qcipher;
+    QCryptoHmac *qhmac;
+    /* host engine: one /dev/crypto fd per session, never shown to the guest */
+    int host_fd;
+    uint32_t host_ses;
+} VcdSession;
+
+struct VcdHandle {
+    uint32_t id;
+    unsigned nsessions;
+    VcdSession *sessions[VCD_MAX_SESSIONS];
+};
+
+/* One popped element; VirtQueueElement must stay first for virtqueue_pop(). */
+typedef struct VcdRequest {
+    VirtQueueElement elem;
+    VirtIOCryptodev *vcd;
+    VcdSession *ses;
+    uint64_t seq;
+    struct vcd_req req;     /* host-endian copy */
+    size_t in_size;
+    uint8_t iv[VCD_IV_LEN];
+    uint8_t *src;
+    uint8_t *dst;
+    uint8_t mac[VCD_HMAC_SHA256_LEN];
+    uint32_t status;
+} VcdRequest;
+
+struct VcdEngine {
+    const char *name;
+    uint32_t (*session_init)(VcdSession *ses, const uint8_t *key,
+                             uint32_t keylen, const uint8_t *mackey,
+                             uint32_t mackeylen);
+    void (*session_fini)(VcdSession *ses);
+    /* Runs in a worker thread with ses->lock held. */
+    uint32_t (*crypt)(VcdSession *ses, VcdRequest *r);
+    void (*session_info)(VcdSession *ses, struct vcd_session_info *info);
+};
+
+/* ------------------------------------------------------------------ */
+/* builtin engine: QEMU's crypto layer (GnuTLS here)                   */
+
+static uint32_t builtin_session_init(VcdSession *ses, const uint8_t *key,
+                                     uint32_t keylen, const uint8_t *mackey,
+                                     uint32_t mackeylen)
+{
+    QCryptoCipherAlgorithm alg;
+
+    if (ses->cipher == VCD_CIPHER_AES_CBC) {
+        alg = keylen == 16 ? QCRYPTO_CIPHER_ALG_AES_128 :
+              keylen == 24 ? QCRYPTO_CIPHER_ALG_AES_192 :
+                             QCRYPTO_CIPHER_ALG_AES_256;
+        ses->qcipher = qcrypto_cipher_new(alg, QCRYPTO_CIPHER_MODE_CBC,
+                                          key, keylen, NULL);
+        if (!ses->qcipher) {
+            return VCD_S_ENGINE;
+        }
+    }
+    if (ses->mac == VCD_MAC_SHA256_HMAC) {
+        /* An empty HMAC key is valid; hand the library a non-NULL pointer. */
+        static const uint8_t empty[1];
+        ses->qhmac = qcrypto_hmac_new(QCRYPTO_HASH_ALG_SHA256,
+                                      mackeylen ? mackey : empty, mackeylen,
+                                      NULL);
+        if (!ses->qhmac) {
+            return VCD_S_ENGINE;
+        }
+    }
+    return VCD_S_OK;
+}
+
+static void builtin_session_fini(VcdSession *ses)
+{
+    qcrypto_cipher_free(ses->qcipher);
+    ses->qcipher = NULL;
+    qcrypto_hmac_free(ses->qhmac);
+    ses->qhmac = NULL;
+}
+
+static uint32_t builtin_hmac(VcdSession *ses, const uint8_t *data, size_t len,
+                             uint8_t *out)
+{
+    uint8_t *result = out;
+    size_t resultlen = VCD_HMAC_SHA256_LEN;
+    static const uint8_t empty[1];
+
+    if (qcrypto_hmac_bytes(ses->qhmac, len ? (const char *)data :
+                           (const char *)empty, len, &result, &resultlen,
+                           NULL) < 0 || resultlen != VCD_HMAC_SHA256_LEN) {
+        return VCD_S_ENGINE;
+    }
+    return VCD_S_OK;
+}
+
+static uint32_t builtin_crypt(VcdSession *ses, VcdRequest *r)
+{
+    uint32_t len = r->req.len;
+    bool enc = r->req.op == VCD_OP_ENCRYPT;
+
+    if (ses->qhmac && (enc || !ses->qcipher) &&
+        builtin_hmac(ses, r->src, len, r->mac) != VCD_S_OK) {
+        return VCD_S_ENGINE;
+    }
+    if (ses->qcipher && len) {
+        if (qcrypto_cipher_setiv(ses->qcipher, r->iv, VCD_IV_LEN, NULL) < 0) {
+            return VCD_S_ENGINE;
+        }
+        if ((enc ? qcrypto_cipher_encrypt : qcrypto_cipher_decrypt)
+            (ses->qcipher, r->src, r->dst, len, NULL) < 0) {
+            return VCD_S_ENGINE;
+        }
+    }
+    if (ses->qhmac && ses->qcipher && !enc &&
+        builtin_hmac(ses, r->dst, len, r->mac) != VCD_S_OK) {
+        return VCD_S_ENGINE;
+    }
+    return VCD_S_OK;
+}
+
+static void builtin_session_info(VcdSession *ses,
+                                 struct vcd_session_info *info)
+{
+    if (ses->cipher) {
+        pstrcpy(info->cipher_name, VCD_NAME_LEN, "cbc(aes)");
+        pstrcpy(info->cipher_driver, VCD_NAME_LEN, "qcrypto-builtin");
+    }
+    if (ses->mac) {
+        pstrcpy(info->mac_name, VCD_NAME_LEN, "hmac(sha256)");
+        pstrcpy(info->mac_driver, VCD_NAME_LEN, "qcrypto-builtin");
+    }
+}
+
+static const VcdEngine vcd_engine_builtin = {
+    .name = "builtin",
+    .session_init = builtin_session_init,
+    .session_fini = builtin_session_fini,
+    .crypt = builtin_crypt,
+    .session_info = builtin_session_info,
+};
+
+/* ------------------------------------------------------------------ */
+/* host engine: the host's cryptodev-linux /dev/crypto                 */
+
+/*
+ * cryptodev-linux's ABI, declared here because its header is rarely
+ * installed.  These are the host's native structs: guest layouts never reach
+ * them, the request was decoded from the fixed wire format first.
+ */
+struct vcd_host_session_op {
+    uint32_t cipher;
+    uint32_t mac;
+    uint32_t keylen;
+    const uint8_t *key;
+    uint32_t mackeylen;
+    const uint8_t *mackey;
+    uint32_t ses;
+};
+
+struct vcd_host_crypt_op {
+    uint32_t ses;
+    uint16_t op;
+    uint16_t flags;
+    uint32_t len;
+    uint8_t *src;
+    uint8_t *dst;
+    uint8_t *mac;
+    uint8_t *iv;
+};
+
+struct vcd_host_alg_info {
+    char cra_name[64];
+    char cra_driver_name[64];
+};
+
+struct vcd_host_session_info_op {
+    uint32_t ses;
+    struct vcd_host_alg_info cipher_info;
+    struct vcd_host_alg_info hash_info;
+    uint16_t alignmask;
+    uint32_t flags;
+};
+
+#define VCD_HOST_CIOCGSESSION  _IOWR('c', 102, struct vcd_host_session_op)
+#define VCD_HOST_CIOCFSESSION  _IOW('c', 103, uint32_t)
+#define VCD_HOST_CIOCCRYPT     _IOWR('c', 104, struct vcd_host_crypt_op)
+#define VCD_HOST_CIOCGSESSINFO _IOWR('c', 107, struct vcd_host_session_info_op)
+
+static uint32_t host_session_init(VcdSession *ses, const uint8_t *key,
+                                  uint32_t keylen, const uint8_t *mackey,
+                                  uint32_t mackeylen)
+{
+    struct vcd_host_session_op sop = {
+        .cipher = ses->cipher,
+        .mac = ses->mac,
+        .keylen = keylen,
+        .key = key,
+        .mackeylen = mackeylen,
+        .mackey = mackey,
+    };
+    int fd = qemu_open_old("/dev/crypto", O_RDWR | O_CLOEXEC);
+
+    if (fd < 0) {
+        return errno == EMFILE || errno == ENFILE ? VCD_S_LIMIT : VCD_S_ENGINE;
+    }
+    if (ioctl(fd, VCD_HOST_CIOCGSESSION, &sop) < 0) {
+        uint32_t st = errno == EINVAL ? VCD_S_INVAL :
+                      errno == ENOMEM ? VCD_S_NOMEM : VCD_S_ENGINE;
+        qemu_close(fd);
+        return st;
+    }
+    ses->host_fd = fd;
+    ses->host_ses = sop.ses;
+    return VCD_S_OK;
+}
+
+static void host_session_fini(VcdSession *ses)
+{
+    if (ses->host_fd >= 0) {
+        ioctl(ses->host_fd, VCD_HOST_CIOCFSESSION, &ses->host_ses);
+        qemu_close(ses->host_fd);
+        ses->host_fd = -1;
+    }
+}
+
+static uint32_t host_crypt(VcdSession *ses, VcdRequest *r)
+{
+    struct vcd_host_crypt_op cop = {
+        .ses = ses->host_ses,
+        .op = r->req.op,
+        .len = r->req.len,
+        .src = r->src,
+        .dst = ses->cipher ? r->dst : NULL,
+        .mac = ses->mac ? r->mac : NULL,
+        .iv = ses->cipher ? r->iv : NULL,
+    };
+
+    if (ioctl(ses->host_fd, VCD_HOST_CIOCCRYPT, &cop) < 0) {
+        return errno == EINVAL ? VCD_S_INVAL : VCD_S_ENGINE;
+    }
+    return VCD_S_OK;
+}
+
+static void host_session_info(VcdSession *ses, struct vcd_session_info *info)
+{
+    struct vcd_host_session_info_op sio = { .ses = ses->host_ses };
+
+    if (ioctl(ses->host_fd, VCD_HOST_CIOCGSESSINFO, &sio) < 0) {
+        builtin_session_info(ses, info);
+        return;
+    }
+    pstrcpy(info->cipher_name, VCD_NAME_LEN, sio.cipher_info.cra_name);
+    pstrcpy(info->cipher_driver, VCD_NAME_LEN,
+            sio.cipher_info.cra_driver_name);
+    pstrcpy(info->mac_name, VCD_NAME_LEN, sio.hash_info.cra_name);
+    pstrcpy(info->mac_driver, VCD_NAME_LEN, sio.hash_info.cra_driver_name);
+    info->alignmask = cpu_to_le32(sio.alignmask);
+    info->flags = cpu_to_le32(sio.flags);
+}
+
+static const VcdEngine vcd_engine_host = {
+    .name = "host",
+    .session_init = host_session_init,
+    .session_fini = host_session_fini,
+    .crypt = host_crypt,
+    .session_info = host_session_info,
+};
+
+/* ------------------------------------------------------------------ */
+/* handles and sessions                                                */
+
+static VcdHandle *vcd_handle_lookup(VirtIOCryptodev *vcd, uint32_t id)
+{
+    uint32_t slot = (id & VCD_HANDLE_SLOT_MASK) - 1;
+
+    if ((id & VCD_HANDLE_SLOT_MASK) == 0 || slot >= VCD_MAX_HANDLES) {
+        return NULL;
+    }
+    if (!vcd->handles[slot] || vcd->handles[slot]->id != id) {
+        return NULL;
+    }
+    return vcd->handles[slot];
+}
+
+static void vcd_session_unref(VirtIOCryptodev *vcd, VcdSession *ses)
+{
+    assert(ses->refs > 0);
+    if (--ses->refs) {
+        return;
+    }
+    vcd->engine->session_fini(ses);
+    qemu_mutex_destroy(&ses->lock);
+    g_free(ses);
+}
+
+static int vcd_session_index(VcdHandle *h, uint32_t id)
+{
+    int i;
+
+    for (i = 0; i < VCD_MAX_SESSIONS; i++) {
+        if (h->sessions[i] && h->sessions[i]->id == id) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+static void vcd_handle_free(VirtIOCryptodev *vcd, uint32_t slot)
+{
+    VcdHandle *h = vcd->handles[slot];
+    int i;
+
+    for (i = 0; i < VCD_MAX_SESSIONS; i++) {
+        if (h->sessions[i]) {
+            vcd_session_unref(vcd, h->sessions[i]);
+        }
+    }
+    g_free(h);
+    vcd->handles[slot] = NULL;
+    vcd->nhandles--;
+}
+
+static void vcd_free_all(VirtIOCryptodev *vcd)
+{
+    uint32_t slot;
+
+    for (slot = 0; slot < VCD_MAX_HANDLES; slot++) {
+        if (vcd->handles[slot]) {
+            vcd_handle_free(vcd, slot);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* request handling                                                    */
+
+static void vcd_finish(VirtIOCryptodev *vcd, VcdRequest *r,
+                       struct vcd_resp *resp)
+{
+    unsigned used = 0;
+
+    trace_virtio_cryptodev_response(vcd, r->seq, r->req.type, r->req.cmd,
+                                    r->req.handle, r->req.session,
+                                    le32_to_cpu(resp->status),
+                                    le32_to_cpu(resp->handle),
+                                    le32_to_cpu(resp->session));
+    /* Without room for a response the guest can only see a zero length. */
+    if (r->in_size >= sizeof(*resp)) {
+        iov_from_buf(r->elem.in_sg, r->elem.in_num,
+                     r->in_size - sizeof(*resp), resp, sizeof(*resp));
+        used = r->in_size;
+    }
+    virtqueue_push(vcd->vq, &r->elem, used);
+}
+
+static void vcd_free_request(VirtIOCryptodev *vcd, VcdRequest *r)
+{
+    if (r->ses) {
+        vcd_session_unref(vcd, r->ses);
+    }
+    g_free(r->src);
+    g_free(r->dst);
+    memset(r->iv, 0, sizeof(r->iv));
+    g_free(r);
+}
+
+static int vcd_crypt_worker(void *opaque)
+{
+    VcdRequest *r = opaque;
+    VcdSession *ses = r->ses;
+
+    qemu_mutex_lock(&ses->lock);
+    r->status = r->vcd->engine->crypt(ses, r);
+    qemu_mutex_unlock(&ses->lock);
+    return 0;
+}
+
+static void vcd_crypt_done(void *opaque, int ret)
+{
+    VcdRequest *r = opaque;
+    VirtIOCryptodev *vcd = r->vcd;
+    struct vcd_resp resp = { .status = cpu_to_le32(r->status) };
+    size_t off = 0;
+
+    if (r->status == VCD_S_OK) {
+        if (r->ses->cipher && r->req.len) {
+            off += iov_from_buf(r->elem.in_sg, r->elem.in_num, 0,
+                                r->dst, r->req.len);
+        }
+        if (r->ses->mac) {
+            iov_from_buf(r->elem.in_sg, r->elem.in_num, off,
+                         r->mac, sizeof(r->mac));
+        }
+    }
+    resp.session = cpu_to_le32(r->req.session);
+    vcd_finish(vcd, r, &resp);
+    vcd_free_request(vcd, r);
+    vcd->inflight--;
+    qemu_bh_schedule(vcd->notify_bh);
+    aio_wait_kick();
+}
+
+static void vcd_notify_bh(void *opaque)
+{
+    VirtIOCryptodev *vcd = opaque;
+
+    virtio_notify(VIRTIO_DEVICE(vcd), vcd->vq);
+}
+
+/* Every field a call does not use must be zero. */
+static bool vcd_unused_zero(const struct vcd_req *q, bool session,
+                            bool create, bool crypt)
+{
+    if (!session && q->session) {
+        return false;
+    }
+    if (!create && (q->cipher || q->mac || q->keylen || q->mackeylen)) {
+        return false;
+    }
+    if (!crypt && (q->op || q->flags || q->len || q->ivlen)) {
+        return false;
+    }
+    return true;
+}
+
+static uint32_t vcd_open(VirtIOCryptodev *vcd, VcdRequest *r,
+                         struct vcd_resp *resp)
+{
+    uint32_t slot;
+    VcdHandle *h;
+
+    if (vcd->nhandles >= VCD_MAX_HANDLES) {
+        return VCD_S_LIMIT;
+    }
+    for (slot = 0; slot < VCD_MAX_HANDLES; slot++) {
+        if (!vcd->handles[slot]) {
+            break;
+        }
+    }
+    h = g_try_new0(VcdHandle, 1);
+    if (!h) {
+        return VCD_S_NOMEM;
+    }
+    /* A generation in the high bits makes a stale handle fail to match. */
+    vcd->handle_gen[slot] = (vcd->handle_gen[slot] + 1) & 0x7fff;
+    h->id = ((uint32_t)vcd->handle_gen[slot] << VCD_HANDLE_SLOT_BITS) |
+            (slot + 1);
+    vcd->handles[slot] = h;
+    vcd->nhandles++;
+    resp->handle = cpu_to_le32(h->id);
+    return VCD_S_OK;
+}
+
+static uint32_t vcd_session_create(VirtIOCryptodev *vcd, VcdHandle *h,
+                                   VcdRequest *r, struct vcd_resp *resp)
+{
+    const struct vcd_req *q = &r->req;
+    uint8_t key[VCD_MAX_KEY_LEN];
+    uint8_t *mackey = NULL;
+    VcdSession *ses;
+    uint32_t st;
+    int i, slot = -1;
+
+    if (q->cipher != VCD_CIPHER_NONE && q->cipher != VCD_CIPHER_AES_CBC) {
+        return VCD_S_NOTSUPP;
+    }
+    if (q->mac != VCD_MAC_NONE && q->mac != VCD_MAC_SHA256_HMAC) {
+        return VCD_S_NOTSUPP;
+    }
+    if (q->cipher == VCD_CIPHER_NONE && q->mac == VCD_MAC_NONE) {
+        return VCD_S_INVAL;
+    }
+    if (q->cipher == VCD_CIPHER_AES_CBC ?
+        (q->keylen != 16 && q->keylen != 24 && q->keylen != 32) :
+        q->keylen != 0) {
+        return VCD_S_INVAL;
+    }
+    if (q->mac == VCD_MAC_NONE ? q->mackeylen != 0 :
+        q->mackeylen > VCD_MAX_MAC_KEY_LEN) {
+        return VCD_S_INVAL;
+    }
+    if (iov_size(r->elem.out_sg, r->elem.out_num) !=
+        sizeof(struct vcd_req) + (uint64_t)q->keylen + q->mackeylen ||
+        r->in_size != sizeof(*resp)) {
+        return VCD_S_BADMSG;
+    }
+    if (h->nsessions >= VCD_MAX_SESSIONS) {
+        return VCD_S_LIMIT;
+    }
+    for (i = 0; i < VCD_MAX_SESSIONS; i++) {
+        if (!h->sessions[i]) {
+            slot = i;
+            break;
+        }
+    }
+    ses = g_try_new0(VcdSession, 1);
+    if (!ses) {
+        return VCD_S_NOMEM;
+    }
+    /* Unguessable, unique within the handle, never 0. */
+    do {
+        ses->id = g_random_int();
+    } while (!ses->id || vcd_session_index(h, ses->id) >= 0);
+    ses->cipher = q->cipher;
+    ses->mac = q->mac;
+    ses->refs = 1;
+    ses->host_fd = -1;
+    qemu_mutex_init(&ses->lock);
+
+    iov_to_buf(r->elem.out_sg, r->elem.out_num, sizeof(struct vcd_req),
+               key, q->keylen);
+    if (q->mackeylen) {
+        mackey = g_malloc(q->mackeylen);
+        iov_to_buf(r->elem.out_sg, r->elem.out_num,
+                   sizeof(struct vcd_req) + q->keylen, mackey, q->mackeylen);
+    }
+    st = vcd->engine->session_init(ses, key, q->keylen, mackey, q->mackeylen);
+    /* Keys live on only inside the engine. */
+    explicit_bzero(key, sizeof(key));
+    if (mackey) {
+        explicit_bzero(mackey, q->mackeylen);
+        g_free(mackey);
+    }
+    if (st != VCD_S_OK) {
+        vcd_session_unref(vcd, ses);
+        return st;
+    }
+    h->sessions[slot] = ses;
+    h->nsessions++;
+    resp->session = cpu_to_le32(ses->id);
+    return VCD_S_OK;
+}
+
+/* Returns true when the request went to a worker and will finish later. */
+static bool vcd_crypt_submit(VirtIOCryptodev *vcd, VcdSession *ses,
+                             VcdRequest *r, uint32_t *st)
+{
+    const struct vcd_req *q = &r->req;
+    uint64_t want_out, want_in;
+
+    if (q->op != VCD_OP_ENCRYPT && q->op != VCD_OP_DECRYPT) {
+        *st = VCD_S_INVAL;
+        return false;
+    }
+    if (q->flags || q->len > VCD_MAX_DATA_LEN) {
+        *st = VCD_S_INVAL;
+        return false;
+    }
+    if (ses->cipher && (q->len % VCD_BLOCK_LEN || q->ivlen != VCD_IV_LEN)) {
+        *st = VCD_S_INVAL;
+        return false;
+    }
+    if (!ses->cipher && q->ivlen) {
+        *st = VCD_S_INVAL;
+        return false;
+    }
+    want_out = sizeof(struct vcd_req) + (uint64_t)q->ivlen + q->len;
+    want_in = sizeof(struct vcd_resp) + (ses->cipher ? (uint64_t)q->len : 0) +
+              (ses->mac ? VCD_HMAC_SHA256_LEN : 0);
+    if (iov_size(r->elem.out_sg, r->elem.out_num) != want_out ||
+        r->in_size != want_in) {
+        *st = VCD_S_BADMSG;
+        return false;
+    }
+    r->src = g_try_malloc(q->len ? q->len : 1);
+    r->dst = g_try_malloc(q->len ? q->len : 1);
+    if (!r->src || !r->dst) {
+        *st = VCD_S_NOMEM;
+        return false;
+    }
+    iov_to_buf(r->elem.out_sg, r->elem.out_num, sizeof(struct vcd_req),
+               r->iv, q->ivlen);
+    iov_to_buf(r->elem.out_sg, r->elem.out_num,
+               sizeof(struct vcd_req) + q->ivlen, r->src, q->len);
+    ses->refs++;
+    r->ses = ses;
+    vcd->inflight++;
+    thread_pool_submit_aio(aio_get_thread_pool(qemu_get_aio_context()),
+                           vcd_crypt_worker, r, vcd_crypt_done, r);
+    return true;
+}
+
+/*
+ * Handle one element.  Returns true when it was answered here (pushed and
+ * freed), false when a worker owns it now.
+ */
+static bool vcd_handle_request(VirtIOCryptodev *vcd, VcdRequest *r)
+{
+    struct vcd_resp resp = { 0 };
+    struct vcd_req wire;
+    struct vcd_req *q = &r->req;
+    uint64_t out_size = iov_size(r->elem.out_sg, r->elem.out_num);
+    uint32_t st = VCD_S_OK;
+    VcdHandle *h = NULL;
+    int idx;
+
+    r->in_size = iov_size(r->elem.in_sg, r->elem.in_num);
+    r->seq = vcd->seq++;
+    if (out_size < sizeof(wire) ||
+        iov_to_buf(r->elem.out_sg, r->elem.out_num, 0, &wire,
+                   sizeof(wire)) != sizeof(wire)) {
+        memset(q, 0, sizeof(*q));
+        q->type = UINT32_MAX;
+        trace_virtio_cryptodev_request(vcd, r->seq, q->type, 0, 0, 0, 0, 0,
+                                       out_size, r->in_size);
+        st = VCD_S_BADMSG;
+        goto out;
+    }
+    q->type = le32_to_cpu(wire.type);
+    q->handle = le32_to_cpu(wire.handle);
+    q->cmd = le32_to_cpu(wire.cmd);
+    q->session = le32_to_cpu(wire.session);
+    q->cipher = le32_to_cpu(wire.cipher);
+    q->mac = le32_to_cpu(wire.mac);
+    q->keylen = le32_to_cpu(wire.keylen);
+    q->mackeylen = le32_to_cpu(wire.mackeylen);
+    q->op = le16_to_cpu(wire.op);
+    q->flags = le16_to_cpu(wire.flags);
+    q->len = le32_to_cpu(wire.len);
+    q->ivlen = le32_to_cpu(wire.ivlen);
+    q->reserved = le32_to_cpu(wire.reserved);
+    trace_virtio_cryptodev_request(vcd, r->seq, q->type, q->cmd, q->handle,
+                                   q->session, q->op, q->len, out_size,
+                                   r->in_size);
+
+    if (r->in_size < sizeof(resp)) {
+        st = VCD_S_BADMSG;
+        goto out;
+    }
+    if (q->reserved) {
+        st = VCD_S_INVAL;
+        goto out;
+    }
+    switch (q->type) {
+    case VCD_CALL_OPEN:
+        if (q->handle || q->cmd || !vcd_unused_zero(q, false, false, false)) {
+            st = VCD_S_INVAL;
+        } else if (out_size != sizeof(wire) || r->in_size != sizeof(resp)) {
+            st = VCD_S_BADMSG;
+        } else {
+            st = vcd_open(vcd, r, &resp);
+        }
+        goto out;
+    case VCD_CALL_CLOSE:
+        if (q->cmd || !vcd_unused_zero(q, false, false, false)) {
+            st = VCD_S_INVAL;
+        } else if (out_size != sizeof(wire) || r->in_size != sizeof(resp)) {
+            st = VCD_S_BADMSG;
+        } else if (!(h = vcd_handle_lookup(vcd, q->handle))) {
+            st = VCD_S_NOHANDLE;
+        } else {
+            vcd_handle_free(vcd, (q->handle & VCD_HANDLE_SLOT_MASK) - 1);
+        }
+        goto out;
+    case VCD_CALL_IOCTL:
+        break;
+    default:
+        st = VCD_S_INVAL;
+        goto out;
+    }
+
+    switch (q->cmd) {
+    case VCD_CMD_SESSION_CREATE:
+        if (!vcd_unused_zero(q, false, true, false)) {
+            st = VCD_S_INVAL;
+        } else if (!(h = vcd_handle_lookup(vcd, q->handle))) {
+            st = VCD_S_NOHANDLE;
+        } else {
+            st = vcd_session_create(vcd, h, r, &resp);
+        }
+        goto out;
+    case VCD_CMD_SESSION_DESTROY:
+    case VCD_CMD_SESSION_INFO:
+    case VCD_CMD_CRYPT:
+        break;
+    default:
+        st = VCD_S_NOTSUPP;
+        goto out;
+    }
+
+    if (!vcd_unused_zero(q, true, false, q->cmd == VCD_CMD_CRYPT)) {
+        st = VCD_S_INVAL;
+        goto out;
+    }
+    h = vcd_handle_lookup(vcd, q->handle);
+    if (!h) {
+        st = VCD_S_NOHANDLE;
+        goto out;
+    }
+    idx = vcd_session_index(h, q->session);
+    if (idx < 0) {
+        st = VCD_S_NOSESSION;
+        goto out;
+    }
+    resp.session = cpu_to_le32(q->session);
+    switch (q->cmd) {
+    case VCD_CMD_SESSION_DESTROY:
+        if (out_size != sizeof(wire) || r->in_size != sizeof(resp)) {
+            st = VCD_S_BADMSG;
+            break;
+        }
+        vcd_session_unref(vcd, h->sessions[idx]);
+        h->sessions[idx] = NULL;
+        h->nsessions--;
+        break;
+    case VCD_CMD_SESSION_INFO: {
+        struct vcd_session_info info = { 0 };
+
+        if (out_size != sizeof(wire) ||
+            r->in_size != sizeof(info) + sizeof(resp)) {
+            st = VCD_S_BADMSG;
+            break;
+        }
+        vcd->engine->session_info(h->sessions[idx], &info);
+        iov_from_buf(r->elem.in_sg, r->elem.in_num, 0, &info, sizeof(info));
+        break;
+    }
+    case VCD_CMD_CRYPT:
+        if (vcd_crypt_submit(vcd, h->sessions[idx], r, &st)) {
+            return false;
+        }
+        break;
+    }
+
+out:
+    resp.status = cpu_to_le32(st);
+    vcd_finish(vcd, r, &resp);
+    vcd_free_request(vcd, r);
+    return true;
+}
+
+static void vcd_handle_output(VirtIODevice *vdev, VirtQueue *vq)
+{
+    VirtIOCryptodev *vcd = VIRTIO_CRYPTODEV(vdev);
+    VcdRequest *r;
+    unsigned popped = 0, answered = 0;
+
+    /* Drain the whole ring on every kick; notify once for the batch. */
+    while ((r = virtqueue_pop(vq, sizeof(VcdRequest)))) {
+        r->vcd = vcd;
+        popped++;
+        if (vcd_handle_request(vcd, r)) {
+            answered++;
+        }
+    }
+    trace_virtio_cryptodev_batch(vcd, popped, answered, vcd->inflight);
+    if (answered) {
+        virtio_notify(vdev, vq);
+    }
+}
+
+/* Wait for the workers; each holds at most VCD_MAX_DATA_LEN of CPU work. */
+static void vcd_drain(VirtIOCryptodev *vcd)
+{
+    AIO_WAIT_WHILE(NULL, vcd->inflight > 0);
+}
+
+static uint64_t vcd_get_features(VirtIODevice *vdev, uint64_t f, Error **errp)
+{
+    return f;
+}
+
+static void vcd_reset(VirtIODevice *vdev)
+{
+    VirtIOCryptodev *vcd = VIRTIO_CRYPTODEV(vdev);
+
+    vcd_drain(vcd);
+    vcd_free_all(vcd);
+}
+
+static void vcd_realize(DeviceState *dev, Error **errp)
+{
+    VirtIODevice *vdev = VIRTIO_DEVICE(dev);
+    VirtIOCryptodev *vcd = VIRTIO_CRYPTODEV(dev);
+    const char *want = vcd->engine_prop ? vcd->engine_prop : "auto";
+    bool have_host = access("/dev/crypto", R_OK | W_OK) == 0;
+
+    if (!strcmp(want, "host")) {
+        if (!have_host) {
+            error_setg(errp, "virtio-cryptodev: engine=host needs a usable "
+                       "/dev/crypto (cryptodev-linux)");
+            return;
+        }
+        vcd->engine = &vcd_engine_host;
+    } else if (!strcmp(want, "builtin")) {
+        vcd->engine = &vcd_engine_builtin;
+    } else if (!strcmp(want, "auto")) {
+        vcd->engine = have_host ? &vcd_engine_host : &vcd_engine_builtin;
+    } else {
+        error_setg(errp, "virtio-cryptodev: engine must be auto, builtin "
+                   "or host, not '%s'", want);
+        return;
+    }
+    if (vcd->engine == &vcd_engine_builtin &&
+        (!qcrypto_cipher_supports(QCRYPTO_CIPHER_ALG_AES_256,
+                                  QCRYPTO_CIPHER_MODE_CBC) ||
+         !qcrypto_hmac_supports(QCRYPTO_HASH_ALG_SHA256))) {
+        error_setg(errp, "virtio-cryptodev: QEMU's crypto layer lacks "
+                   "AES-CBC or HMAC-SHA256");
+        return;
+    }
+
+    virtio_init(vdev, VIRTIO_ID_CRYPTODEV, 0);
+    vcd->vq = virtio_add_queue(vdev, VCD_QUEUE_SIZE, vcd_handle_output);
+    vcd->notify_bh = qemu_bh_new(vcd_notify_bh, vcd);
+    trace_virtio_cryptodev_realize(vcd, vcd->engine->name);
+}
+
+static void vcd_unrealize(DeviceState *dev)
+{
+    VirtIODevice *vdev = VIRTIO_DEVICE(dev);
+    VirtIOCryptodev *vcd = VIRTIO_CRYPTODEV(dev);
+
+    vcd_drain(vcd);
+    vcd_free_all(vcd);
+    qemu_bh_delete(vcd->notify_bh);
+    virtio_delete_queue(vcd->vq);
+    virtio_cleanup(vdev);
+}
+
+/* Host sessions and fds cannot move to another host. */
+static const VMStateDescription vmstate_virtio_cryptodev = {
+    .name = "virtio-cryptodev",
+    .unmigratable = 1,
+};
+
+static Property virtio_cryptodev_properties[] = {
+    DEFINE_PROP_STRING("engine", VirtIOCryptodev, engine_prop),
+    DEFINE_PROP_END_OF_LIST(),
+};
+
+static void virtio_cryptodev_class_init(ObjectClass *klass, void *data)
+{
+    DeviceClass *dc = DEVICE_CLASS(klass);
+    VirtioDeviceClass *vdc = VIRTIO_DEVICE_CLASS(klass);
+
+    device_class_set_props(dc, virtio_cryptodev_properties);
+    dc->vmsd = &vmstate_virtio_cryptodev;
+    set_bit(DEVICE_CATEGORY_MISC, dc->categories);
+    vdc->realize = vcd_realize;
+    vdc->unrealize = vcd_unrealize;
+    vdc->get_features = vcd_get_features;
+    vdc->reset = vcd_reset;
+}
+
+static const TypeInfo virtio_cryptodev_info = {
+    .name = TYPE_VIRTIO_CRYPTODEV,
+    .parent = TYPE_VIRTIO_DEVICE,
+    .instance_size = sizeof(VirtIOCryptodev),
+    .class_init = virtio_cryptodev_class_init,
+};
+
+static void virtio_cryptodev_register_types(void)
+{
+    type_register_static(&virtio_cryptodev_info);
+}
+
+type_init(virtio_cryptodev_register_types)
