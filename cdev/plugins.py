@@ -87,8 +87,14 @@ class Registry:
         """Register a loaded plugin object and collect what it provides."""
         try:
             self.pm.register(module, name=info.name)
-        except Exception as exc:  # e.g. a hookimpl with a misspelled or unknown hook name
+        except Exception as exc:  # e.g. a hookimpl with invalid arguments
             self._fail(info, f"could not be registered: {_one_line(exc)}")
+            return
+        unknown = sorted(hc.name for hc in self.pm.get_hookcallers(module) or [] if not hc.spec)
+        if unknown:
+            # pluggy accepts these silently; a misspelled hook would otherwise never run.
+            self.pm.unregister(module)
+            self._fail(info, f"implements unknown hook(s) {', '.join(unknown)} (misspelled?)")
             return
         self.plugins[info.name] = info
         self._collect(info)

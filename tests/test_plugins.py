@@ -1,0 +1,214 @@
+"""Plugin discovery, selection, isolation of broken plugins, and the example plugin."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cdev import hookspecs
+from tests.cli_helpers import assert_one_line_error, run_cdev
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILTINS = {"software", "cryptodev", "virtio", "afalg", "tcp", "unix"}
+
+
+def plugins_json(env: dict[str, str] | None = None, *args: str) -> list[dict[str, object]]:
+    proc = run_cdev(*args, "plugins", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def test_lists_builtins_with_origin_and_what_they_provide() -> None:
+    rows = {p["name"]: p for p in plugins_json()}
+    assert set(rows) >= BUILTINS
+    for name in BUILTINS:
+        assert rows[name]["origin"] == "built-in"
+        assert rows[name]["error"] is None
+    assert rows["software"]["providers"] == ["software"]
+    assert rows["tcp"]["transports"] == ["tcp"]
+
+
+def test_table_output() -> None:
+    proc = run_cdev("plugins")
+    assert proc.returncode == 0
+    assert b"software" in proc.stdout and b"built-in" in proc.stdout
+
+
+def test_load_only_named_plugins_by_env_and_option() -> None:
+    names = {p["name"] for p in plugins_json({"CDEV_LOAD_PLUGINS": "software"})}
+    assert names == {"software"}
+    names = {p["name"] for p in plugins_json(None, "--load-plugins", "software,tcp")}
+    assert names == {"software", "tcp"}
+    assert plugins_json({"CDEV_LOAD_PLUGINS": ""}) == []
+
+
+def test_block_plugins_by_env_and_option() -> None:
+    names = {p["name"] for p in plugins_json({"CDEV_BLOCK_PLUGINS": "afalg,cryptodev"})}
+    assert "afalg" not in names and "cryptodev" not in names and "software" in names
+    names = {p["name"] for p in plugins_json(None, "--block-plugins=virtio")}
+    assert "virtio" not in names
+    # A blocked provider is then unknown, with one clear line.
+    proc = run_cdev("--block-plugins", "software", "session", "info")
+    assert "unknown provider 'software'" in assert_one_line_error(proc, 2)
+
+
+def make_dist(site: Path, dist: str, module: str, source: str) -> None:
+    """A minimal installed distribution with a ``cdev`` entry point, as pip would leave it."""
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[cdev]\n{dist} = {module}\n")
+
+
+def test_broken_plugins_are_reported_and_everything_else_works(tmp_path: Path) -> None:
+    make_dist(tmp_path, "broken-import", "broken_import", "raise RuntimeError('boom at import')\n")
+    make_dist(
+        tmp_path,
+        "broken-hook",
+        "broken_hook",
+        "from cdev.hookspecs import hookimpl\n"
+        "@hookimpl\n"
+        "def cdev_register_providers(register):\n"
+        "    raise ValueError('bad hook')\n",
+    )
+    make_dist(
+        tmp_path,
+        "misspelled",
+        "misspelled",
+        "from cdev.hookspecs import hookimpl\n@hookimpl\ndef cdev_register_provider(register):\n"
+        "    pass\n",
+    )
+    env = {"PYTHONPATH": str(tmp_path)}
+    proc = run_cdev("session", "selftest", "--provider", "software", env=env)
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr.decode()
+    assert "plugin 'broken-import' failed to import" in err and "boom at import" in err
+    assert "plugin 'broken-hook' failed in cdev_register_providers" in err and "bad hook" in err
+    assert "plugin 'misspelled' implements unknown hook(s) cdev_register_provider" in err
+    assert "Traceback" not in err
+    rows = {p["name"]: p for p in plugins_json(env)}
+    assert rows["broken-import"]["error"] and rows["broken-import"]["origin"] == (
+        "distribution broken-import"
+    )
+    assert rows["software"]["error"] is None
+    # Blocking the broken plugin silences it.
+    proc = run_cdev("plugins", env={**env, "CDEV_BLOCK_PLUGINS": "broken-import"})
+    assert b"boom" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def example_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example third-party plugin, installed for real by pip from its own directory."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(ROOT / "plugins" / "cdev-trace-provider"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return target
+
+
+def test_example_plugin_is_discovered_through_its_entry_point(example_site: Path) -> None:
+    rows = {p["name"]: p for p in plugins_json({"PYTHONPATH": str(example_site)})}
+    assert rows["trace"]["origin"] == "distribution cdev-trace-provider"
+    assert rows["trace"]["version"] == "0.1.0"
+    assert rows["trace"]["providers"] == ["trace"]
+
+
+def test_example_plugin_works_in_crypt(example_site: Path, tmp_path: Path) -> None:
+    env = {"PYTHONPATH": str(example_site), "CDEV_PASSPHRASE": "pw"}
+    src = tmp_path / "f"
+    src.write_bytes(b"z" * 300_000)
+    proc = run_cdev(
+        "crypt", "encrypt", str(src), "--provider", "trace:software", "--work-factor", "10", env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(rb"trace\[software\]: encrypt: 5 ops, 300\d+ bytes", proc.stderr)
+    # What it produced is an ordinary cdev file: the built-in provider decrypts it.
+    out = tmp_path / "g"
+    proc = run_cdev("crypt", "decrypt", str(src) + ".cdev", "-o", str(out), env=env)
+    assert proc.returncode == 0 and out.read_bytes() == src.read_bytes()
+    proc = run_cdev("session", "selftest", "--provider", "trace", env=env)
+    assert proc.returncode == 0
+
+
+def test_plugin_commands_hook(tmp_path: Path) -> None:
+    make_dist(
+        tmp_path,
+        "hello-cmd",
+        "hello_cmd",
+        "import typer\nfrom cdev.hookspecs import hookimpl\n"
+        "@hookimpl\n"
+        "def cdev_register_commands(app):\n"
+        "    @app.command()\n"
+        "    def hello(name: str = 'world') -> None:\n"
+        "        '''Say hello.'''\n"
+        "        print(f'hello {name}')\n",
+    )
+    env = {"PYTHONPATH": str(tmp_path)}
+    proc = run_cdev("hello", "--name", "plugin", env=env)
+    assert proc.returncode == 0 and proc.stdout == b"hello plugin\n"
+    rows = {p["name"]: p for p in plugins_json(env)}
+    assert rows["hello-cmd"]["commands"] == ["hello"]
+
+
+def test_transport_hook_registers_builtins() -> None:
+    # cdev_register_transports: the built-in tcp and unix transports come through it.
+    from cdev.plugins import load_registry
+
+    reg = load_registry()
+    assert {"tcp", "unix"} <= set(reg.transports)
+    assert reg.transports["unix"].plugin == "unix"
+
+
+def test_version_and_help_examples() -> None:
+    proc = run_cdev("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith(b"cdev ")
+    proc = run_cdev("--help")
+    assert proc.returncode == 0 and b"Example:" in proc.stdout
+    for cmd in (
+        ["crypt", "encrypt"],
+        ["crypt", "decrypt"],
+        ["session", "info"],
+        ["session", "selftest"],
+        ["plugins"],
+    ):
+        proc = run_cdev(*cmd, "--help")
+        assert proc.returncode == 0 and b"Example:" in proc.stdout, cmd
+
+
+HOOKS = [
+    name
+    for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+    if name.startswith("cdev_")
+]
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_documented_and_tested(hook: str) -> None:
+    # As datasette does: a new hook without docs or tests fails the build.
+    assert (getattr(hookspecs, hook).__doc__ or "").strip(), f"{hook} has no docstring"
+    assert hook in (ROOT / "docs" / "plugins.md").read_text(), f"{hook} not in docs/plugins.md"
+    tests = "".join(
+        p.read_text() for p in (ROOT / "tests").rglob("test_*.py") if p.name != "test_plugins.py"
+    )
+    tests += (ROOT / "tests" / "test_plugins.py").read_text().split("HOOKS = ")[0]
+    assert hook in tests, f"no test mentions {hook}"
