@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -182,8 +183,6 @@ async def handshake(
             raise HandshakeRejected(f"peer refused the chat: {error_text(body)}")
         if rtype != CONFIRM:
             raise ProtocolError(f"expected CONFIRM, got {TYPE_NAMES[rtype]}")
-        import hmac
-
         if not hmac.compare_digest(body, link.opener.mac(label + peer_role.encode() + context)):
             await _reject(writer, "key confirmation failed: wrong passphrase")
             await link.close()

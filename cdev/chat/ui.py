@@ -8,6 +8,7 @@ terminal, messages are shown with the sender's name and a time stamp.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 import time
@@ -94,10 +95,8 @@ class LineSource:
                     self._put(line[i : i + MAX_TEXT])
         except (OSError, ValueError, RuntimeError):
             pass  # stdin closed under us, or the loop is gone: treat as EOF
-        try:
+        with contextlib.suppress(RuntimeError):
             self._put(None)
-        except RuntimeError:
-            pass
 
     async def get(self) -> bytes | None:
         return await self._queue.get()
