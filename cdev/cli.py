@@ -24,6 +24,7 @@ BUILTIN_COMMANDS = (
     "cdev.commands.chat",
     "cdev.commands.crypt",
     "cdev.commands.session",
+    "cdev.commands.nodes",
     "cdev.commands.plugins",
     "cdev.commands.qemu",
 )
