@@ -27,6 +27,8 @@ BUILTIN_COMMANDS = (
     "cdev.commands.nodes",
     "cdev.commands.plugins",
     "cdev.commands.qemu",
+    "cdev.commands.kernel",
+    "cdev.commands.vm",
 )
 
 DEBUG_ENV = "CDEV_DEBUG"
