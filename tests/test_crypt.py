@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cdev.fileformat import CHUNK, HEADER_LEN, RECORD
-from tests.cli_helpers import assert_one_line_error, run_cdev
+from tests.cli_helpers import CDEV, assert_one_line_error, run_cdev
 
 PASS = {"CDEV_PASSPHRASE": "correct horse battery staple"}
 FAST = ["--work-factor", "10"]  # scrypt cost is not what these tests are about
@@ -304,3 +305,31 @@ def test_raw_bad_input(tmp_path: Path) -> None:
         "crypt", "encrypt", "--raw", "--cipher", "aes-999", "--key", k, "--iv", iv, str(src)
     )
     assert "--cipher must be one of" in assert_one_line_error(proc, 2)
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    src = tmp_path / "big"
+    make(src, 24 << 20)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [CDEV, "crypt", "encrypt", str(src), *FAST],
+        stderr=slave,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, **PASS, "COLUMNS": "100"},
+    )
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO once the child closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=120) == 0
+    os.close(master)
+    assert b"encrypting" in seen and b"MB" in seen
+    # Without a terminal (every other test here) stderr stays empty on success.
+    proc2 = run_cdev("crypt", "encrypt", str(src), "-o", str(tmp_path / "x"), *FAST, env=PASS)
+    assert proc2.returncode == 0 and proc2.stderr == b""
