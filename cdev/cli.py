@@ -27,6 +27,7 @@ BUILTIN_COMMANDS = (
     "cdev.commands.nodes",
     "cdev.commands.plugins",
     "cdev.commands.qemu",
+    "cdev.commands.vqtrace",
     "cdev.commands.kernel",
     "cdev.commands.vm",
 )
