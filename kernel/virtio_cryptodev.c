@@ -417,10 +417,10 @@ static int vcd_create_session(struct vcd_file *vf, struct vcd_sess_args *a)
 	unsigned long bits = 0;
 	int err;
 
+	/* As cryptodev-linux: the key lengths of an absent algorithm are ignored. */
 	switch (a->cipher) {
 	case 0:
-		if (a->keylen)
-			return -EINVAL;
+		a->keylen = 0;
 		break;
 	case CRYPTO_AES_CBC:
 		if (a->keylen != 16 && a->keylen != 24 && a->keylen != 32)
@@ -432,8 +432,7 @@ static int vcd_create_session(struct vcd_file *vf, struct vcd_sess_args *a)
 	}
 	switch (a->mac) {
 	case 0:
-		if (a->mackeylen)
-			return -EINVAL;
+		a->mackeylen = 0;
 		break;
 	case CRYPTO_SHA2_256_HMAC:
 		if (a->mackeylen > CRYPTO_HMAC_MAX_KEY_LEN)
