@@ -345,11 +345,13 @@ def ensure_qemu(
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UnavailableError(f"cannot create {cache}: {exc.strerror}; set {CACHE_ENV}") from None
+    if qemu_src is not None:
+        qemu_src = qemu_src.resolve()
+        if not (qemu_src / "configure").is_file():
+            raise UsageError(f"{qemu_src} is not a QEMU source tree (no configure)")
+    # One build at a time per cache; a second caller waits and then finds the result.
     with _locked(cache / ".lock"):
         if qemu_src is not None:
-            qemu_src = qemu_src.resolve()
-            if not (qemu_src / "configure").is_file():
-                raise UsageError(f"{qemu_src} is not a QEMU source tree (no configure)")
             source_id = _local_source_id(qemu_src)
             dsc = None
         else:

@@ -69,7 +69,6 @@ static void virtio_cryptodev_pci_instance_init(Object *obj)
 
     virtio_instance_init_common(obj, &dev->vdev, sizeof(dev->vdev),
                                 TYPE_VIRTIO_CRYPTODEV);
-    object_property_add_alias(obj, "engine", OBJECT(&dev->vdev), "engine");
 }
 
 static const VirtioPCIDeviceTypeInfo virtio_cryptodev_pci_info = {

@@ -29,6 +29,7 @@
 
 #include "qemu/osdep.h"
 #include "qapi/error.h"
+#include "qemu/cutils.h"
 #include "qemu/iov.h"
 #include "qemu/module.h"
 #include "qemu/main-loop.h"
@@ -710,7 +711,7 @@ static bool vcd_handle_request(VirtIOCryptodev *vcd, VcdRequest *r)
             st = VCD_S_INVAL;
         } else if (out_size != sizeof(wire) || r->in_size != sizeof(resp)) {
             st = VCD_S_BADMSG;
-        } else if (!(h = vcd_handle_lookup(vcd, q->handle))) {
+        } else if (!vcd_handle_lookup(vcd, q->handle)) {
             st = VCD_S_NOHANDLE;
         } else {
             vcd_handle_free(vcd, (q->handle & VCD_HANDLE_SLOT_MASK) - 1);
@@ -725,9 +726,10 @@ static bool vcd_handle_request(VirtIOCryptodev *vcd, VcdRequest *r)
 
     switch (q->cmd) {
     case VCD_CMD_SESSION_CREATE:
+        h = vcd_handle_lookup(vcd, q->handle);
         if (!vcd_unused_zero(q, false, true, false)) {
             st = VCD_S_INVAL;
-        } else if (!(h = vcd_handle_lookup(vcd, q->handle))) {
+        } else if (!h) {
             st = VCD_S_NOHANDLE;
         } else {
             st = vcd_session_create(vcd, h, r, &resp);
@@ -801,6 +803,8 @@ static void vcd_handle_output(VirtIODevice *vdev, VirtQueue *vq)
 
     /* Drain the whole ring on every kick; notify once for the batch. */
     while ((r = virtqueue_pop(vq, sizeof(VcdRequest)))) {
+        /* virtqueue_pop() does not zero what follows the element. */
+        memset((char *)r + sizeof(r->elem), 0, sizeof(*r) - sizeof(r->elem));
         r->vcd = vcd;
         popped++;
         if (vcd_handle_request(vcd, r)) {

@@ -1,0 +1,537 @@
+"""The QEMU backend under a hostile guest, driven through QEMU's qtest accelerator.
+
+A Python program plays the guest (tests/qtest_guest.py): valid requests are checked
+against pyca/cryptography, every kind of malformed request must get an error status,
+and a seeded fuzz of half-valid chains must leave QEMU alive and answering.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from cdev.vm import qemu_build
+from tests.qtest_guest import (
+    DATA_ADDR,
+    INFO_LEN,
+    Buf,
+    C,
+    DeviceBroken,
+    Qtest,
+    VirtioCryptodev,
+    close_chain,
+    create_chain,
+    crypt_chain,
+    destroy_chain,
+    info_chain,
+    into,
+    open_chain,
+    out,
+    req,
+)
+
+pytestmark = pytest.mark.vm
+
+OK = C["VCD_S_OK"]
+BADMSG, INVAL, NOHANDLE = C["VCD_S_BADMSG"], C["VCD_S_INVAL"], C["VCD_S_NOHANDLE"]
+NOSESSION, NOTSUPP, LIMIT = C["VCD_S_NOSESSION"], C["VCD_S_NOTSUPP"], C["VCD_S_LIMIT"]
+AES, HMAC = C["VCD_CIPHER_AES_CBC"], C["VCD_MAC_SHA256_HMAC"]
+ENC, DEC = C["VCD_OP_ENCRYPT"], C["VCD_OP_DECRYPT"]
+IOCTL = C["VCD_CALL_IOCTL"]
+FUZZ_COUNT = int(os.environ.get("CDEV_FUZZ_COUNT", "5000"))
+
+
+@pytest.fixture(scope="module")
+def qemu_binary() -> Path:
+    return qemu_build.ensure_qemu()
+
+
+def start(qemu: Path, *extra: str) -> tuple[Qtest, VirtioCryptodev]:
+    qt = Qtest(qemu, qemu_build.firmware_dirs(), ["-device", "virtio-cryptodev-pci", *extra])
+    return qt, VirtioCryptodev(qt)
+
+
+@pytest.fixture
+def dev(qemu_binary: Path) -> Iterator[VirtioCryptodev]:
+    qt, d = start(qemu_binary, "-global", "virtio-cryptodev-pci.engine=builtin")
+    yield d
+    assert qt.alive(), qt.stderr_text()
+    qt.close()
+
+
+def aes_cbc(key: bytes, iv: bytes, data: bytes, encrypt: bool) -> bytes:
+    c = Cipher(algorithms.AES(key), modes.CBC(iv))
+    op = c.encryptor() if encrypt else c.decryptor()
+    return op.update(data) + op.finalize()
+
+
+def hmac_sha256(key: bytes, data: bytes) -> bytes:
+    h = hmac.HMAC(key, hashes.SHA256())
+    h.update(data)
+    return h.finalize()
+
+
+def open_handle(d: VirtioCryptodev) -> int:
+    done = d.call(open_chain())
+    assert done.status == OK
+    return done.resp[1]
+
+
+def new_session(d: VirtioCryptodev, h: int, key: bytes = b"", mackey: bytes | None = None) -> int:
+    done = d.call(
+        create_chain(h, AES if key else 0, key, HMAC if mackey is not None else 0, mackey or b"")
+    )
+    assert done.status == OK, done.resp
+    return done.resp[2]
+
+
+# ------------------------------------------------------------------ valid traffic
+
+
+def test_identity_and_negotiation(dev: VirtioCryptodev) -> None:
+    assert dev.device_features_hi & 1  # VIRTIO_F_VERSION_1
+    assert dev.num_queues == 1
+    assert dev.max_qsize == C["VCD_QUEUE_SIZE"]
+
+
+@pytest.mark.parametrize("keylen", [16, 24, 32])
+def test_aes_cbc_known_answers(dev: VirtioCryptodev, keylen: int) -> None:
+    rng = random.Random(keylen)
+    h = open_handle(dev)
+    key = rng.randbytes(keylen)
+    ses = new_session(dev, h, key)
+    for size in (16, 48, 4096, 65536, C["VCD_MAX_DATA_LEN"]):
+        iv, plain = rng.randbytes(16), rng.randbytes(size)
+        enc = dev.call(crypt_chain(h, ses, ENC, iv, plain))
+        assert enc.status == OK
+        assert enc.bufs[0] == aes_cbc(key, iv, plain, True)
+        dec = dev.call(crypt_chain(h, ses, DEC, iv, enc.bufs[0]))
+        assert dec.status == OK and dec.bufs[0] == plain
+    assert dev.call(destroy_chain(h, ses)).status == OK
+    assert dev.call(close_chain(h)).status == OK
+
+
+@pytest.mark.parametrize("keylen", [0, 1, 32, 64, 65, 512])
+def test_hmac_sha256_known_answers(dev: VirtioCryptodev, keylen: int) -> None:
+    rng = random.Random(1000 + keylen)
+    h = open_handle(dev)
+    mackey = rng.randbytes(keylen)
+    ses = new_session(dev, h, mackey=mackey)
+    for size in (0, 1, 63, 64, 1000, 100_000):
+        data = rng.randbytes(size)
+        done = dev.call(crypt_chain(h, ses, ENC, b"", data, cipher=False, mac=True))
+        assert done.status == OK
+        assert done.bufs[0] == hmac_sha256(mackey, data)
+
+
+def test_cipher_and_mac_session(dev: VirtioCryptodev) -> None:
+    # cryptodev-linux semantics: the MAC always covers the plaintext.
+    h = open_handle(dev)
+    key, mackey, iv, plain = b"k" * 32, b"m" * 40, b"i" * 16, bytes(range(256)) * 4
+    ses = new_session(dev, h, key, mackey)
+    enc = dev.call(crypt_chain(h, ses, ENC, iv, plain, mac=True))
+    assert enc.status == OK
+    assert enc.bufs[0] == aes_cbc(key, iv, plain, True)
+    assert enc.bufs[1] == hmac_sha256(mackey, plain)
+    dec = dev.call(crypt_chain(h, ses, DEC, iv, enc.bufs[0], mac=True))
+    assert dec.status == OK and dec.bufs[0] == plain
+    assert dec.bufs[1] == hmac_sha256(mackey, plain)
+
+
+def test_session_info(dev: VirtioCryptodev) -> None:
+    h = open_handle(dev)
+    ses = new_session(dev, h, b"k" * 16, b"m")
+    done = dev.call(info_chain(h, ses))
+    assert done.status == OK
+    names = [done.bufs[0][i * 64 : (i + 1) * 64].split(b"\0")[0] for i in range(4)]
+    assert names[0] == b"cbc(aes)" and names[2] == b"hmac(sha256)"
+    assert names[1] == names[3] == b"qcrypto-builtin"
+
+
+def test_whole_ring_per_kick(dev: VirtioCryptodev) -> None:
+    """Many requests in one kick, over several sessions: all answered, all right."""
+    rng = random.Random(7)
+    h = open_handle(dev)
+    keys = [rng.randbytes(16) for _ in range(4)]
+    sessions = [new_session(dev, h, k) for k in keys]
+    chains, expect = [], []
+    for i in range(25):  # 25 chains x 4 descriptors = 100 of 128 slots
+        s = i % 4
+        iv, data = rng.randbytes(16), rng.randbytes(16 * rng.randint(1, 512))
+        chains.append(crypt_chain(h, sessions[s], ENC, iv, data))
+        expect.append(aes_cbc(keys[s], iv, data, True))
+    for done, want in zip(dev.submit(chains), expect, strict=True):
+        assert done.status == OK and done.bufs[0] == want
+
+
+def test_sessions_belong_to_their_handle(dev: VirtioCryptodev) -> None:
+    a, b = open_handle(dev), open_handle(dev)
+    ses = new_session(dev, a, b"k" * 16)
+    iv, data = b"\0" * 16, b"\1" * 16
+    assert dev.call(crypt_chain(b, ses, ENC, iv, data)).status == NOSESSION
+    assert dev.call(destroy_chain(b, ses)).status == NOSESSION
+    assert dev.call(close_chain(a)).status == OK
+    # The handle and its sessions are gone; a reused slot gets a new handle value.
+    assert dev.call(crypt_chain(a, ses, ENC, iv, data)).status == NOHANDLE
+    assert dev.call(close_chain(a)).status == NOHANDLE
+    c = open_handle(dev)
+    assert c != a
+    assert dev.call(crypt_chain(c, ses, ENC, iv, data)).status == NOSESSION
+
+
+def test_limits(dev: VirtioCryptodev) -> None:
+    h = open_handle(dev)
+    for _ in range(C["VCD_MAX_SESSIONS"]):
+        new_session(dev, h, b"k" * 16)
+    assert dev.call(create_chain(h, AES, b"k" * 16)).status == LIMIT
+    handles = [h]
+    while len(handles) < C["VCD_MAX_HANDLES"]:
+        n = min(60, C["VCD_MAX_HANDLES"] - len(handles))
+        for done in dev.submit([open_chain() for _ in range(n)]):
+            assert done.status == OK
+            handles.append(done.resp[1])
+    assert dev.call(open_chain()).status == LIMIT
+    assert dev.call(close_chain(handles[5])).status == OK
+    assert dev.call(open_chain()).status == OK
+
+
+def test_reset_frees_everything(dev: VirtioCryptodev) -> None:
+    h = open_handle(dev)
+    new_session(dev, h, b"k" * 16)
+    dev.init()
+    assert dev.call(close_chain(h)).status == NOHANDLE
+    assert dev.call(close_chain(open_handle(dev))).status == OK
+
+
+# ------------------------------------------------------------------ malformed requests
+
+
+def malformed_cases(h: int, ses: int, mses: int) -> list[tuple[str, list[Buf], int]]:
+    iv, blk = b"\0" * 16, b"\0" * 32
+    R = C["VCD_CMD_CRYPT"]
+    good_crypt = dict(handle=h, cmd=R, session=ses, length=32, ivlen=16)
+    cases: list[tuple[str, list[Buf], int]] = [
+        ("short request", [out(b"\0" * 20), into(16)], BADMSG),
+        ("no payload at all", [into(16)], BADMSG),
+        ("open with trailing bytes", [out(req(0) + b"x"), into(16)], BADMSG),
+        ("open with big response area", [out(req(0)), into(64)], BADMSG),
+        ("open with handle", [out(req(0, handle=h)), into(16)], INVAL),
+        ("open with cmd", [out(req(0, cmd=1)), into(16)], INVAL),
+        ("reserved set", [out(req(0, reserved=1)), into(16)], INVAL),
+        ("unknown call", [out(req(3)), into(16)], INVAL),
+        ("huge call", [out(req(0xFFFFFFFF)), into(16)], INVAL),
+        ("close unknown handle", close_chain(0x7777), NOHANDLE),
+        ("close handle 0", close_chain(0), NOHANDLE),
+        ("close slot beyond table", close_chain(0x0001FFFF), NOHANDLE),
+        ("close with session", [out(req(1, handle=h, session=ses)), into(16)], INVAL),
+        ("unknown cmd", [out(req(IOCTL, handle=h, cmd=99)), into(16)], NOTSUPP),
+        ("cmd 0", [out(req(IOCTL, handle=h, cmd=0)), into(16)], NOTSUPP),
+        ("create unknown cipher", create_chain(h, 22, b"k" * 16), NOTSUPP),
+        ("create unknown mac", create_chain(h, 0, b"", 19, b"m"), NOTSUPP),
+        ("create nothing", create_chain(h, 0, b""), INVAL),
+        ("create keylen 15", create_chain(h, AES, b"k" * 15), INVAL),
+        ("create keylen 64", create_chain(h, AES, b"k" * 64), INVAL),
+        ("create key without cipher", create_chain(h, 0, b"k" * 16, HMAC, b"m"), INVAL),
+        ("create mackey too long", create_chain(h, 0, b"", HMAC, b"m" * 513), INVAL),
+        (
+            "create keylen lies (huge)",
+            [
+                out(req(IOCTL, handle=h, cmd=1, cipher=AES, keylen=0xFFFFFFF0)),
+                out(b"k" * 16),
+                into(16),
+            ],
+            INVAL,
+        ),
+        (
+            "create mackeylen overflows a 32-bit sum",
+            [out(req(IOCTL, handle=h, cmd=1, mac=HMAC, mackeylen=0xFFFFFFFF)), into(16)],
+            INVAL,
+        ),
+        (
+            "create key shorter than keylen",
+            [out(req(IOCTL, handle=h, cmd=1, cipher=AES, keylen=32)), out(b"k" * 16), into(16)],
+            BADMSG,
+        ),
+        (
+            "create with op set",
+            [
+                out(req(IOCTL, handle=h, cmd=1, cipher=AES, keylen=16, op=1)),
+                out(b"k" * 16),
+                into(16),
+            ],
+            INVAL,
+        ),
+        ("create on unknown handle", create_chain(0x4242, AES, b"k" * 16), NOHANDLE),
+        ("destroy unknown session", destroy_chain(h, 12345), NOSESSION),
+        ("destroy session 0", destroy_chain(h, 0), NOSESSION),
+        ("crypt unknown session", crypt_chain(h, 999, ENC, iv, blk), NOSESSION),
+        ("crypt unknown handle", crypt_chain(0x10001 + 77, ses, ENC, iv, blk), NOHANDLE),
+        ("crypt op 2", crypt_chain(h, ses, 2, iv, blk), INVAL),
+        ("crypt op 0xffff", crypt_chain(h, ses, 0xFFFF, iv, blk), INVAL),
+        ("crypt len not a block multiple", crypt_chain(h, ses, ENC, iv, b"\0" * 33), INVAL),
+        ("crypt short iv", crypt_chain(h, ses, ENC, b"\0" * 8, blk), INVAL),
+        ("crypt no iv with a cipher", crypt_chain(h, ses, ENC, b"", blk), INVAL),
+        (
+            "crypt iv on a mac-only session",
+            crypt_chain(h, mses, ENC, iv, blk, cipher=False, mac=True),
+            INVAL,
+        ),
+        (
+            "crypt len over the maximum",
+            [
+                out(req(IOCTL, **good_crypt | {"length": C["VCD_MAX_DATA_LEN"] + 16})),
+                out(iv),
+                into(16),
+            ],
+            INVAL,
+        ),
+        (
+            "crypt huge len",
+            [
+                out(req(IOCTL, **good_crypt | {"length": 0xFFFFFFF0})),
+                out(iv),
+                out(blk),
+                into(32),
+                into(16),
+            ],
+            INVAL,
+        ),
+        (
+            "crypt flags set",
+            [out(req(IOCTL, **good_crypt | {"flags": 1})), out(iv), out(blk), into(32), into(16)],
+            INVAL,
+        ),
+        (
+            "crypt with cipher field",
+            [
+                out(req(IOCTL, **good_crypt | {"cipher": AES})),
+                out(iv),
+                out(blk),
+                into(32),
+                into(16),
+            ],
+            INVAL,
+        ),
+        (
+            "crypt src shorter than len",
+            [out(req(IOCTL, **good_crypt)), out(iv), out(blk[:16]), into(32), into(16)],
+            BADMSG,
+        ),
+        (
+            "crypt dst shorter than len",
+            [out(req(IOCTL, **good_crypt)), out(iv), out(blk), into(16), into(16)],
+            BADMSG,
+        ),
+        ("crypt dst missing", [out(req(IOCTL, **good_crypt)), out(iv), out(blk), into(16)], BADMSG),
+        (
+            "crypt extra mac area",
+            [out(req(IOCTL, **good_crypt)), out(iv), out(blk), into(32), into(32), into(16)],
+            BADMSG,
+        ),
+        (
+            "crypt dst readable instead of writable",
+            [out(req(IOCTL, **good_crypt)), out(iv), out(blk), out(blk), into(16)],
+            BADMSG,
+        ),
+        (
+            "info short area",
+            [out(req(IOCTL, handle=h, cmd=4, session=ses)), into(100), into(16)],
+            BADMSG,
+        ),
+        ("info without area", [out(req(IOCTL, handle=h, cmd=4, session=ses)), into(16)], BADMSG),
+        (
+            "info with len",
+            [out(req(IOCTL, handle=h, cmd=4, session=ses, length=16)), into(INFO_LEN), into(16)],
+            INVAL,
+        ),
+    ]
+    return cases
+
+
+def test_malformed_requests_get_error_statuses(dev: VirtioCryptodev) -> None:
+    h = open_handle(dev)
+    ses = new_session(dev, h, b"k" * 16)
+    mses = new_session(dev, h, mackey=b"m" * 16)
+    failures = []
+    for name, chain, want in malformed_cases(h, ses, mses):
+        done = dev.call(chain)
+        if done.status != want:
+            failures.append(f"{name}: status {done.status}, want {want}")
+    assert not failures, "\n".join(failures)
+    # After all that, the handle and sessions still work.
+    iv, data = b"\2" * 16, b"\3" * 64
+    done = dev.call(crypt_chain(h, ses, ENC, iv, data))
+    assert done.status == OK and done.bufs[0] == aes_cbc(b"k" * 16, iv, data, True)
+
+
+def test_no_room_for_a_response(dev: VirtioCryptodev) -> None:
+    # Nothing writable (or too little): the device can only answer a zero length.
+    assert dev.call([out(req(0))]).used_len == 0
+    assert dev.call([out(req(0)), into(8)]).used_len == 0
+    assert dev.call(open_chain()).status == OK
+
+
+def test_malformed_rings_only_break_the_ring(dev: VirtioCryptodev) -> None:
+    """Ring-level faults are the virtio core's business: the device is flagged, QEMU lives."""
+    # Readable after writable: virtqueue_pop() refuses the chain and sets NEEDS_RESET.
+    with pytest.raises(DeviceBroken):
+        dev.call([into(16), out(req(0))])
+    assert dev.qt.alive()
+    dev.init()
+    assert dev.call(open_chain()).status == OK
+    # An address outside RAM is bounce-buffered by the core: whatever the device reads
+    # there, it answers (or the ring is flagged) and QEMU lives.
+    try:
+        dev.call([Buf(data=req(0), size=48, addr=0xFFFFFFF000), into(16)])
+    except DeviceBroken:
+        dev.init()
+    assert dev.qt.alive()
+    assert dev.call(open_chain()).status == OK
+
+
+# ------------------------------------------------------------------ fuzzing
+
+
+def half_valid_chain(
+    rng: random.Random, handles: list[int], sessions: list[tuple[int, int]]
+) -> list[Buf]:
+    """A chain that is mostly right, with one to three things wrong."""
+    call = rng.choice([0, 1, 2, 2, 2, 2, rng.randrange(0, 1 << 32)])
+    h = rng.choice([*handles, 0, rng.randrange(1 << 32)]) if handles else 0
+    hs = [s for hh, s in sessions if hh == h] or [0]
+    ses = rng.choice([*hs, rng.randrange(1 << 32)])
+    cmd = rng.choice([1, 2, 3, 3, 3, 4, 0, 5, rng.randrange(1 << 32)])
+    cipher = rng.choice([0, AES, AES, 22, rng.randrange(1 << 32)])
+    mac = rng.choice([0, 0, HMAC, 19])
+    keylen = rng.choice([0, 16, 24, 32, 15, 64, 65, rng.randrange(1 << 32)])
+    mackeylen = rng.choice([0, 0, 32, 512, 513, rng.randrange(1 << 32)])
+    op = rng.choice([0, 1, 0, 1, 2, rng.randrange(1 << 16)])
+    flags = rng.choice([0] * 8 + [1, rng.randrange(1 << 16)])
+    length = rng.choice(
+        [
+            0,
+            16,
+            32,
+            4096,
+            17,
+            C["VCD_MAX_DATA_LEN"],
+            C["VCD_MAX_DATA_LEN"] + 16,
+            rng.randrange(1 << 32),
+        ]
+    )
+    ivlen = rng.choice([16, 16, 0, 8, rng.randrange(1 << 32)])
+    reserved = rng.choice([0] * 15 + [rng.randrange(1 << 32)])
+    if call != 2 or cmd != 1:
+        cipher = mac = keylen = mackeylen = 0 if rng.random() < 0.8 else cipher
+    if call != 2 or cmd != 3:
+        op = flags = length = ivlen = 0 if rng.random() < 0.8 else op
+    header = req(
+        call, handle=h, cmd=cmd, session=ses, cipher=cipher, mac=mac, keylen=keylen,
+        mackeylen=mackeylen, op=op, flags=flags, length=length, ivlen=ivlen, reserved=reserved,
+    )  # fmt: skip
+    if rng.random() < 0.05:
+        header = header[: rng.randrange(48)]
+    chain = [out(header)]
+
+    def plausible(n: int) -> int:
+        return n if n <= 300_000 else rng.randrange(1, 4096)
+
+    for n in (keylen, mackeylen, ivlen, length):
+        if rng.random() < 0.5:
+            size = plausible(n) if rng.random() < 0.8 else rng.randrange(0, 300)
+            if size:
+                chain.append(out(rng.randbytes(min(size, 64)) * (size // 64) + bytes(size % 64)))
+    for n in (length, 32, INFO_LEN):
+        if rng.random() < 0.4:
+            size = plausible(n) if rng.random() < 0.8 else rng.randrange(0, 300)
+            if size:
+                chain.append(into(size))
+    if rng.random() < 0.95:
+        chain.append(into(rng.choice([16, 16, 16, 15, 17, 0, 4096]) or 1))
+    if rng.random() < 0.05:
+        rng.shuffle(chain)  # readable after writable: the core flags the ring
+    return chain
+
+
+def test_fuzz_half_valid_chains(qemu_binary: Path) -> None:
+    seed = int(os.environ.get("CDEV_FUZZ_SEED", "20240601"))
+    rng = random.Random(seed)
+    qt, dev = start(qemu_binary, "-global", "virtio-cryptodev-pci.engine=builtin")
+    statuses: Counter[int] = Counter()
+    handles: list[int] = []
+    sessions: list[tuple[int, int]] = []
+    sent = resets = 0
+    try:
+        while sent < FUZZ_COUNT:
+            # Keep a population of real handles and sessions to aim at.
+            if len(handles) < 4 or rng.random() < 0.05:
+                for done in dev.submit([open_chain() for _ in range(2)]):
+                    if done.status == OK:
+                        handles.append(done.resp[1])
+            if rng.random() < 0.2 and handles:
+                hh = rng.choice(handles)
+                m = rng.choice([0, HMAC])
+                done = dev.call(create_chain(hh, AES, rng.randbytes(16), m, b"m" if m else b""))
+                if done.status == OK:
+                    sessions.append((hh, done.resp[2]))
+            batch, ndesc = [], 0
+            while ndesc < 100 and len(batch) < 24:
+                chain = half_valid_chain(rng, handles, sessions)
+                if ndesc + len(chain) > 120:
+                    break
+                batch.append(chain)
+                ndesc += len(chain)
+            try:
+                for done in dev.submit(batch):
+                    if done.used_len >= 16:
+                        statuses[done.status] += 1
+                    else:
+                        statuses[-1] += 1
+            except DeviceBroken:
+                resets += 1
+                dev.init()
+                handles, sessions = [], []
+            sent += len(batch)
+            assert qt.alive(), qt.stderr_text()
+        # Still answering, still right.
+        h = open_handle(dev)
+        ses = new_session(dev, h, b"z" * 32)
+        done = dev.call(crypt_chain(h, ses, ENC, b"\0" * 16, b"\1" * 32))
+        assert done.bufs[0] == aes_cbc(b"z" * 32, b"\0" * 16, b"\1" * 32, True)
+    finally:
+        alive = qt.alive()
+        err = qt.stderr_text()
+        qt.close()
+    print(f"fuzz seed {seed}: {sent} chains, {resets} ring resets, statuses {dict(statuses)}")
+    assert alive, err
+    assert "runtime error" not in err and "AddressSanitizer" not in err, err
+    assert sum(statuses.values()) > FUZZ_COUNT // 2
+    assert statuses[OK] > 0 and statuses[BADMSG] > 0
+
+
+def test_guest_cannot_touch_host_fds(dev: VirtioCryptodev) -> None:
+    """Handles are table slots with a generation, not fds: fd-like numbers are unknown."""
+    for fd in (0, 1, 2, 3, 4, 5, 10, 255):
+        assert dev.call(close_chain(fd)).status == NOHANDLE
+    assert dev.qt.alive()
+
+
+def test_unused_area_left_alone(dev: VirtioCryptodev) -> None:
+    # A failed crypt must not write into the destination buffer.
+    h = open_handle(dev)
+    ses = new_session(dev, h, b"k" * 16)
+    chain = crypt_chain(h, ses, 2, b"\0" * 16, b"\5" * 32)
+    marker = b"\xaa" * 32
+    dev.qt.write(DATA_ADDR + 0x100000, marker)
+    chain[3].addr = DATA_ADDR + 0x100000
+    done = dev.call(chain)
+    assert done.status == INVAL and done.bufs[0] == marker
+    assert struct.calcsize("<8I2H3I") == 48
