@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -73,11 +74,15 @@ def pick_ui() -> ChatUI:
 
 
 class LineSource:
-    """Lines from a binary stream, read in a daemon thread so a blocked read never holds up
-    the event loop or its shutdown. ``get()`` returns None at EOF."""
+    """Lines from a file descriptor, read in a daemon thread so a blocked read never holds
+    up the event loop or its shutdown. ``get()`` returns None at EOF.
 
-    def __init__(self, stream: BinaryIO | None = None) -> None:
-        self._stream = stream if stream is not None else sys.stdin.buffer
+    The thread uses ``os.read`` on the raw descriptor: a daemon thread blocked inside a
+    buffered ``sys.stdin`` read holds its lock and aborts the interpreter at exit.
+    """
+
+    def __init__(self, fd: int | None = None) -> None:
+        self._fd = fd if fd is not None else sys.stdin.fileno()
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
         self._loop = asyncio.get_running_loop()
         threading.Thread(target=self._run, name="cdev-stdin", daemon=True).start()
@@ -86,13 +91,25 @@ class LineSource:
         fut = asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop)
         fut.result()  # back-pressure: the reader thread waits while the queue is full
 
+    def _emit(self, raw: bytes) -> None:
+        line = raw.rstrip(b"\r")
+        # Longer lines are sent as several messages (documented).
+        for i in range(0, max(len(line), 1), MAX_TEXT):
+            self._put(line[i : i + MAX_TEXT])
+
     def _run(self) -> None:
+        pending = b""
         try:
-            for raw in iter(self._stream.readline, b""):
-                line = raw.rstrip(b"\n").rstrip(b"\r")
-                # Longer lines are sent as several messages (documented).
-                for i in range(0, max(len(line), 1), MAX_TEXT):
-                    self._put(line[i : i + MAX_TEXT])
+            while chunk := os.read(self._fd, 65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    self._emit(raw)
+                while len(pending) > MAX_TEXT:  # a huge line without newline: do not hoard it
+                    self._put(pending[:MAX_TEXT])
+                    pending = pending[MAX_TEXT:]
+            if pending:
+                self._emit(pending)
         except (OSError, ValueError, RuntimeError):
             pass  # stdin closed under us, or the loop is gone: treat as EOF
         with contextlib.suppress(RuntimeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 from collections.abc import Callable
 
@@ -31,7 +32,8 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 def _os_reason(exc: OSError) -> str:
-    return exc.strerror or str(exc)
+    # asyncio wraps connect failures in an OSError whose text is not the reason.
+    return os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)
 
 
 class TcpTransport(Transport):

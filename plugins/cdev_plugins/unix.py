@@ -28,23 +28,23 @@ def _check(address: str) -> str:
     return address
 
 
-def _is_stale(path: str) -> bool:
-    """True if ``path`` is a socket nobody listens on (left over from a crash)."""
+def _socket_state(path: str) -> str:
+    """ "absent", "stale" (a socket nobody listens on), "live", or "other" (not a socket)."""
     try:
         if not stat.S_ISSOCK(os.stat(path).st_mode):
-            return False
+            return "other"
     except OSError:
-        return False
+        return "absent"
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
     except ConnectionRefusedError:
-        return True
+        return "stale"
     except OSError:
-        return False
+        return "live"
     finally:
         probe.close()
-    return False
+    return "live"
 
 
 class UnixTransport(Transport):
@@ -54,8 +54,11 @@ class UnixTransport(Transport):
 
     async def serve(self, address: str, handler: ConnectionHandler) -> asyncio.AbstractServer:
         path = _check(address)
-        if _is_stale(path):
-            # Only a dead socket is removed; a live one means "in use" below.
+        state = _socket_state(path)
+        # asyncio would silently unlink a live socket and steal its name: refuse instead.
+        if state in ("live", "other"):
+            raise CdevError(f"cannot listen on {path}: address already in use")
+        if state == "stale":
             with contextlib.suppress(OSError):
                 os.unlink(path)
         try:
