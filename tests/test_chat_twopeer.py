@@ -66,7 +66,7 @@ def test_conversation_both_ways_at_once(mode: str, tmp_path: Path) -> None:
     assert cout == _lines("L", 300)
     if encrypted:
         fps = [
-            [ln for ln in e.decode().splitlines() if "fingerprint" in ln][0] for e in (lerr, cerr)
+            next(ln for ln in e.decode().splitlines() if "fingerprint" in ln) for e in (lerr, cerr)
         ]
         assert fps[0] == fps[1]
 

@@ -8,10 +8,10 @@ import socket
 from pathlib import Path
 
 import pytest
+from cdev_plugins.tcp import parse_address
 
 from cdev.errors import CdevError, UsageError
 from cdev.plugins import get_registry
-from cdev_plugins.tcp import parse_address
 from tests.chat_helpers import free_port
 
 

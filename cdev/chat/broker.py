@@ -54,6 +54,7 @@ from cdev.errors import EXIT_OK
 from cdev.keys import ScryptParams
 from cdev.transport import Transport
 
+HARD_FACTOR = 16  # queued bytes above max_queue * HARD_FACTOR drop a peer at once
 MAX_DATA = MAX_BODY - RELAY_PREFIX.size  # a relayed record must still fit in MAX_BODY
 
 
@@ -61,7 +62,8 @@ MAX_DATA = MAX_BODY - RELAY_PREFIX.size  # a relayed record must still fit in MA
 class BrokerConfig:
     encrypted: bool = False
     handshake_timeout: float = 10.0
-    max_queue: int = 2 << 20
+    max_queue: int = 2 << 20  # bytes queued to one peer that it may stay above...
+    slow_grace: float = 3.0  # ...for at most this many seconds
     rate: float = 1000.0  # records per second per sender, sustained
     burst: float = 1000.0
     max_peers: int = 10000
@@ -89,6 +91,7 @@ class PeerConn(asyncio.Protocol):
         self.tokens = broker.config.burst
         self.stamp = asyncio.get_running_loop().time()
         self.said_goodbye = False
+        self.over_since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
 
@@ -272,8 +275,12 @@ class Broker:
             conn._timer.cancel()
         conn.id, conn.nick, conn.nonce, conn.joined = self._next_id, nick, nonce, True
         self._next_id += 1
-        members = [{"id": p.id, "nick": p.nick, "nonce": p.nonce} for p in self.peers.values()]
-        conn.send_now(encode_json(WELCOME, {"id": conn.id, "nick": nick, "members": members}))
+        # WELCOME gives the member count; one JOINED per member follows, so a big room
+        # never needs a record larger than the control-record limit.
+        count = len(self.peers)
+        conn.send_now(encode_json(WELCOME, {"id": conn.id, "nick": nick, "members": count}))
+        for p in self.peers.values():
+            conn.send_now(encode_json(JOINED, {"id": p.id, "nick": p.nick, "nonce": p.nonce}))
         joined = encode_json(JOINED, {"id": conn.id, "nick": nick, "nonce": nonce})
         for p in self.peers.values():
             self.queue(p, joined)
@@ -320,6 +327,7 @@ class Broker:
         self._flush_pending = False
         dirty, self._dirty = self._dirty, []
         limit = self.config.max_queue
+        loop = asyncio.get_running_loop()
         for p in dirty:
             if p.closed or not p.out:
                 continue
@@ -327,7 +335,15 @@ class Broker:
             p.out.clear()
             p.transport.write(data)
             queued = p.transport.get_write_buffer_size()
-            if queued > limit:
+            if queued <= limit:
+                p.over_since = None
+                continue
+            # A burst may briefly overshoot for a healthy reader; a peer that stays over
+            # the bound (or overshoots it grossly) is the one that cannot keep up.
+            now = loop.time()
+            if p.over_since is None:
+                p.over_since = now
+            if queued > limit * HARD_FACTOR or now - p.over_since > self.config.slow_grace:
                 p.kick(f"too slow: {queued} bytes queued (limit {limit})", abort=True)
 
     def flush_one(self, p: PeerConn) -> None:

@@ -145,11 +145,12 @@ class RoomClient:
                 raise ProtocolError(f"expected WELCOME, got {TYPE_NAMES[rtype]}")
             welcome = decode_json(WELCOME, body)
             self.id = field(welcome, "id", int, WELCOME)
-            members = field(welcome, "members", list, WELCOME)
-            for m in members:
-                if not isinstance(m, dict):
-                    raise ProtocolError("malformed WELCOME record: bad member")
-                self._add(m, WELCOME)
+            count = field(welcome, "members", int, WELCOME)
+            for _ in range(count):  # the members already present, one JOINED each
+                rtype, body = await self._read("the member list")
+                if rtype != JOINED:
+                    raise ProtocolError(f"expected JOINED, got {TYPE_NAMES[rtype]}")
+                self._add(decode_json(JOINED, body), JOINED)
 
     async def _read(self, what: str) -> tuple[int, bytes]:
         try:

@@ -129,6 +129,9 @@ def broker_cmd(
     max_queue: int = typer.Option(
         2 << 20, "--max-queue", min=65536, help="Bytes queued to one peer before it is dropped."
     ),
+    slow_grace: float = typer.Option(
+        3.0, "--slow-grace", min=0.0, help="Seconds a peer may stay over --max-queue."
+    ),
     rate: float = typer.Option(
         1000.0, "--rate", min=1.0, help="Messages per second one peer may sustain (burst: 1 s)."
     ),
@@ -146,6 +149,7 @@ def broker_cmd(
         encrypted=encrypt,
         handshake_timeout=handshake_timeout,
         max_queue=max_queue,
+        slow_grace=slow_grace,
         rate=rate,
         burst=rate,
         max_peers=max_peers,
