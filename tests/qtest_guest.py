@@ -112,8 +112,15 @@ class QtestError(RuntimeError):
 class Qtest:
     """A QEMU process under the qtest accelerator and its control socket."""
 
-    def __init__(self, qemu: Path, firmware: list[Path], extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        qemu: Path,
+        firmware: list[Path],
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="cdev-qtest-")
+        self.final_stderr = ""
         sock_path = os.path.join(self.tmp.name, "qtest.sock")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(sock_path)
@@ -125,7 +132,9 @@ class Qtest:
         argv += extra or []
         self.stderr_path = os.path.join(self.tmp.name, "stderr")
         self.stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - lives with the process
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=self.stderr)
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stderr=self.stderr, env={**os.environ, **(env or {})}
+        )
         listener.settimeout(30)
         try:
             self.sock, _ = listener.accept()
@@ -138,6 +147,8 @@ class Qtest:
         self.rfile = self.sock.makefile("rb")
 
     def stderr_text(self) -> str:
+        if self.stderr.closed:
+            return self.final_stderr[-4000:]
         self.stderr.flush()
         return Path(self.stderr_path).read_text(errors="replace")[-4000:]
 
@@ -205,6 +216,8 @@ class Qtest:
                 self.proc.wait()
         self.stderr.close()
         rc = self.proc.returncode
+        # Whatever QEMU printed at exit (sanitizer leak reports come last).
+        self.final_stderr = Path(self.stderr_path).read_text(errors="replace")
         self.tmp.cleanup()
         return rc
 

@@ -349,27 +349,28 @@ def ensure_qemu(
         qemu_src = qemu_src.resolve()
         if not (qemu_src / "configure").is_file():
             raise UsageError(f"{qemu_src} is not a QEMU source tree (no configure)")
-    # One build at a time per cache; a second caller waits and then finds the result.
-    with _locked(cache / ".lock"):
-        if qemu_src is not None:
-            source_id = _local_source_id(qemu_src)
-            dsc = None
-        else:
+    if qemu_src is not None:
+        source_id = _local_source_id(qemu_src)
+        dsc = None
+    else:
+        cand = _apt_candidate()
+        if cand is None:
+            ensure_deb_src()
             cand = _apt_candidate()
-            if cand is None:
-                ensure_deb_src()
-                cand = _apt_candidate()
-            assert cand is not None
-            dsc, version = cand
-            source_id = f"debian:qemu:{version}"
-        key = cache_key(source_id, flags)
-        out = built_binary(key)
+        assert cand is not None
+        dsc, version = cand
+        source_id = f"debian:qemu:{version}"
+    key = cache_key(source_id, flags)
+    out = built_binary(key)
+    if out.exists() and not force:
+        if progress:
+            progress(f"QEMU up to date ({key})", 1.0)
+        return out
+    tree_id = hashlib.sha256((source_id + "\0" + "\0".join(flags)).encode()).hexdigest()[:16]
+    # One build per work tree at a time; a second caller waits, then finds the result.
+    with _locked(cache / "work" / f"{tree_id}.lock"):
         if out.exists() and not force:
-            if progress:
-                progress(f"QEMU up to date ({key})", 1.0)
             return out
-
-        tree_id = hashlib.sha256((source_id + "\0" + "\0".join(flags)).encode()).hexdigest()[:16]
         work = cache / "work" / tree_id
         work.mkdir(parents=True, exist_ok=True)
         log = work / "build.log"
@@ -402,8 +403,23 @@ def ensure_qemu(
         tmp.replace(out)
         info = {"key": key, "source": source_id, "flags": list(flags), "log": str(log)}
         (out.parent / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
+        _prune(flags, keep=out.parent)
         runner.say(f"built {out}", 1.0)
         return out
+
+
+def _prune(flags: tuple[str, ...], keep: Path, max_kept: int = 3) -> None:
+    """Drop all but the newest few binaries built with these flags (60-100 MB each)."""
+    same: list[tuple[float, Path]] = []
+    for info in cache_dir().glob("*/build-info.json"):
+        try:
+            data = json.loads(info.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("flags") == list(flags) and info.parent != keep:
+            same.append((info.stat().st_mtime, info.parent))
+    for _, old in sorted(same, reverse=True)[max_kept - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_binary(sanitizers: bool = False) -> Path | None:
