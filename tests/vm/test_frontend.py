@@ -110,7 +110,7 @@ class Dev:
             src=ptrs.get("src", self.buf(data) if data else None),
             dst=ptrs.get("dst", dst),
             mac=ptrs.get("mac", mac),
-            iv=ptrs.get("iv", self.buf(iv) if iv is not None else None),
+            iv=ptrs.get("ivp", self.buf(iv) if iv is not None else None),
         )
         return cop, dst, mac
 
@@ -124,11 +124,12 @@ class Dev:
         ivbuf: int | None = None,
     ) -> tuple[bytes, bytes]:
         cop, dst, mac = self.cop(
-            ses, op, data, iv, flags, **({"iv": ivbuf} if ivbuf is not None else {})
+            ses, op, data, iv, flags, **({"ivp": ivbuf} if ivbuf is not None else {})
         )
         fcntl.ioctl(self.fd, abi.CIOCCRYPT, cop)
+        result = ctypes.string_at(dst, len(data)), ctypes.string_at(mac, 32)
         self._keep.clear()
-        return ctypes.string_at(dst, len(data)), ctypes.string_at(mac, 32)
+        return result
 
 
 def _aes_cbc(key: bytes, iv: bytes, data: bytes, encrypt: bool) -> bytes:
@@ -177,7 +178,7 @@ def guest_bad() -> dict[str, Any]:
     )
     r["crypt_bad_src"] = _errno(fd, abi.CIOCCRYPT, d.cop(ses, 0, data, iv, src=BAD_PTR)[0])
     r["crypt_bad_dst"] = _errno(fd, abi.CIOCCRYPT, d.cop(ses, 0, data, iv, dst=BAD_PTR)[0])
-    r["crypt_bad_iv"] = _errno(fd, abi.CIOCCRYPT, d.cop(ses, 0, data, iv, iv=BAD_PTR)[0])
+    r["crypt_bad_iv"] = _errno(fd, abi.CIOCCRYPT, d.cop(ses, 0, data, iv, ivp=BAD_PTR)[0])
     r["fsession_bad_arg"] = _errno(fd, abi.CIOCFSESSION, BAD_PTR)
     r["fsession_unknown"] = _errno(fd, abi.CIOCFSESSION, ctypes.c_uint32(ses + 999))
     r["sessinfo_bad_arg"] = _errno(fd, abi.CIOCGSESSINFO, BAD_PTR)
@@ -216,7 +217,8 @@ def guest_features() -> dict[str, Any]:
     ses = d.session(key=key)
     out, _ = d.crypt(ses, abi.COP_ENCRYPT, data, None)
     r["zero_iv"] = out == _aes_cbc(key, bytes(16), data, True)
-    ivbuf = d.buf(iv)
+    ivb = ctypes.create_string_buffer(iv, 16)  # outlives both calls: the IV chains
+    ivbuf = ctypes.addressof(ivb)
     first, _ = d.crypt(ses, abi.COP_ENCRYPT, data[:1024], None, COP_FLAG_WRITE_IV, ivbuf=ivbuf)
     second, _ = d.crypt(ses, abi.COP_ENCRYPT, data[1024:], None, COP_FLAG_WRITE_IV, ivbuf=ivbuf)
     r["write_iv_chains"] = first + second == _aes_cbc(key, iv, data, True)
