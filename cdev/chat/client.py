@@ -11,7 +11,6 @@ records unnoticed either.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -302,10 +301,6 @@ async def join(transport: Transport, address: str, opts: ChatOptions, ui: ChatUI
         except (ConnectionError, OSError) as exc:
             raise CdevError(f"connection to the broker lost: {exc.strerror or exc}") from None
         return EXIT_OK
-    except IntegrityError:
-        with contextlib.suppress(Exception):
-            client.writer.write(encode_json(ERROR, {"message": "integrity failure"}))
-        raise
     finally:
         for task in (out_task, in_task):
             task.cancel()
