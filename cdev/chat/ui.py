@@ -59,7 +59,8 @@ class RichUI:
         self._console = console or Console(highlight=False, soft_wrap=True)
 
     def message(self, nick: str | None, text: bytes) -> None:
-        line = Text(time.strftime("%H:%M "), style="dim")
+        line = Text()
+        line.append(time.strftime("%H:%M "), style="dim")
         line.append(_printable(nick or "peer"), style="bold cyan")
         line.append(": ")
         line.append(_printable(text.decode("utf-8", "replace")))
