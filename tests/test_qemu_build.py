@@ -109,3 +109,19 @@ def test_real_build_has_the_device_and_is_cached() -> None:
     assert time.monotonic() - t0 < 5, "an unchanged second run must come from the cache"
     assert qemu_build.latest_binary() is not None
     assert shutil.which("ninja")
+
+
+@pytest.mark.vm
+def test_device_sources_pass_qemu_checkpatch() -> None:
+    qemu_build.ensure_qemu()
+    trees = sorted(qemu_build.cache_dir().glob("work/*/src/scripts/checkpatch.pl"))
+    assert trees, "no QEMU tree in the cache"
+    overlay = qemu_build.backend_dir() / "overlay"
+    files = sorted(str(p) for p in overlay.rglob("*.[ch]"))
+    result = subprocess.run(
+        ["perl", str(trees[0]), "--no-tree", "--terse", "-f", *files],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -870,7 +870,9 @@ static void vcd_realize(DeviceState *dev, Error **errp)
 
     virtio_init(vdev, VIRTIO_ID_CRYPTODEV, 0);
     vcd->vq = virtio_add_queue(vdev, VCD_QUEUE_SIZE, vcd_handle_output);
-    vcd->notify_bh = qemu_bh_new(vcd_notify_bh, vcd);
+    /* Guarded: a notification must not re-enter the device's MMIO. */
+    vcd->notify_bh = qemu_bh_new_guarded(vcd_notify_bh, vcd,
+                                         &dev->mem_reentrancy_guard);
     trace_virtio_cryptodev_realize(vcd, vcd->engine->name);
 }
 
