@@ -409,6 +409,7 @@ class Guest:
         self.boot_seconds = 0.0
         self.guest_uptime = 0.0
         self.module_error = ""
+        self.module_build_error = ""
         self.release = ""
         self._tmp: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -471,7 +472,14 @@ class Guest:
         self.qemu = resolve_qemu(self._qemu_arg, self._progress)
         self.kernel = ensure_kernel(self._kernel_version, self._progress)
         if self._module_req is None:
-            self.module = module_build.ensure_module(self.kernel.version, self._progress)
+            # Default: a module that does not build must not stop the guest from booting;
+            # module_error says why (and tests that need the module fail on it).
+            try:
+                self.module = module_build.ensure_module(self.kernel.version, self._progress)
+            except CdevError as exc:
+                self.module = None
+                self.module_build_error = str(exc)
+                self._say(f"no module: {exc}", None)
         elif self._module_req is False:
             self.module = None
         elif self._module_req is True:
@@ -491,7 +499,7 @@ class Guest:
         self.accel = (
             self._accel_req
             or os.environ.get(ACCEL_ENV)
-            or kvm.choose_accel(self.qemu, self.kernel, self._progress)
+            or kvm.choose_accel(self.qemu, self.kernel, self._progress, firmware_dirs())
         )
         if self.accel not in ("kvm", "tcg"):
             raise CdevError(f"unknown accelerator {self.accel!r} (kvm or tcg)")

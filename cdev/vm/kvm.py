@@ -16,6 +16,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from cdev.vm.guest_kernel import GuestKernel, ProgressFn, cache_root
@@ -42,14 +43,23 @@ def kvm_device_usable() -> bool:
     return True
 
 
-def probe(qemu: Path, kernel: GuestKernel, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
-    """Boot the guest kernel under KVM; (works, why)."""
+def probe(
+    qemu: Path,
+    kernel: GuestKernel,
+    firmware: Sequence[Path] = (),
+    timeout: float = PROBE_TIMEOUT,
+) -> tuple[bool, str | None]:
+    """Boot the guest kernel under KVM: (works, why); why is None when QEMU itself failed
+    for another reason (missing firmware...), an answer not worth caching."""
     if not kvm_device_usable():
         return False, "/dev/kvm missing or not accessible"
     with tempfile.TemporaryDirectory(prefix="cdev-kvm-") as tmp:
         log = Path(tmp) / "console.log"
-        argv = [
-            str(qemu), "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        argv = [str(qemu)]
+        for d in firmware:
+            argv += ["-L", str(d)]
+        argv += [
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-machine", "pc", "-accel", "kvm", "-cpu", "host", "-m", "256",
             "-kernel", str(kernel.vmlinuz),
             "-append", "console=ttyS0 panic=-1 loglevel=4",
@@ -78,14 +88,21 @@ def probe(qemu: Path, kernel: GuestKernel, timeout: float = PROBE_TIMEOUT) -> tu
             out = proc.communicate()[0] or b""
         if ok:
             return True, "guest kernel booted under KVM"
-        first = out.decode(errors="replace").strip().splitlines()[:1]
-        if first:
-            return False, f"QEMU: {first[0]}"
+        text = out.decode(errors="replace").strip()
+        if proc.returncode not in (None, 0, -9) and "kvm" not in text.lower():
+            return False, None
+        if text:
+            return False, f"QEMU: {text.splitlines()[0]}"
         return False, f"guest kernel did not boot under KVM within {timeout:.0f} s"
 
 
 def kvm_works(
-    qemu: Path, kernel: GuestKernel, progress: ProgressFn | None = None, *, refresh: bool = False
+    qemu: Path,
+    kernel: GuestKernel,
+    progress: ProgressFn | None = None,
+    *,
+    firmware: Sequence[Path] = (),
+    refresh: bool = False,
 ) -> tuple[bool, str]:
     """Cached :func:`probe`."""
     key = _key(qemu, kernel)
@@ -97,7 +114,9 @@ def kvm_works(
         return bool(works), str(why)
     if progress:
         progress("probing KVM", None)
-    works, why = probe(qemu, kernel)
+    works, why = probe(qemu, kernel, firmware)
+    if why is None:
+        return False, "QEMU failed to start the probe"
     cache[key] = [works, why]
     with contextlib.suppress(OSError):
         cache_file().parent.mkdir(parents=True, exist_ok=True)
@@ -107,8 +126,13 @@ def kvm_works(
     return works, why
 
 
-def choose_accel(qemu: Path, kernel: GuestKernel, progress: ProgressFn | None = None) -> str:
-    """ "kvm" if it really works here, else "tcg"."""
+def choose_accel(
+    qemu: Path,
+    kernel: GuestKernel,
+    progress: ProgressFn | None = None,
+    firmware: Sequence[Path] = (),
+) -> str:
+    """Return "kvm" if it really works here, else "tcg"."""
     if not kvm_device_usable():
         return "tcg"
-    return "kvm" if kvm_works(qemu, kernel, progress)[0] else "tcg"
+    return "kvm" if kvm_works(qemu, kernel, progress, firmware=firmware)[0] else "tcg"

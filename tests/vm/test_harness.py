@@ -141,7 +141,7 @@ def test_qemu_pid_is_ours(guest: Guest) -> None:
 
 
 def test_module_loaded_and_node_present(guest: Guest) -> None:
-    assert guest.module is not None, "the harness did not build our module"
+    assert guest.module is not None, f"our module did not build: {guest.module_build_error}"
     assert not guest.module_error, f"insmod failed in the guest: {guest.module_error}"
     res = guest.run("grep -w virtio_cryptodev /proc/modules", timeout=60)
     assert res.status == 0, "virtio_cryptodev is not loaded in the guest"
