@@ -3,7 +3,7 @@
 On some hosts (nested virtualization) ``/dev/kvm`` opens fine but a guest hangs forever
 at "Booting from ROM". So the probe boots the real guest kernel under KVM without an
 initramfs and waits a few seconds for it to reach its own "Kernel panic" (no root fs): if
-it gets there, KVM works. The answer is cached per QEMU binary, guest kernel and host
+it gets there, KVM works. The answer is cached per QEMU version, guest kernel and host
 kernel in ``${CDEV_CACHE_DIR:-/var/cache/cdev}/kvm-probe.json``; ``CDEV_ACCEL=kvm|tcg``
 skips the probe.
 """
@@ -29,9 +29,20 @@ def cache_file() -> Path:
     return cache_root() / "kvm-probe.json"
 
 
+def _qemu_version(qemu: Path) -> str:
+    try:
+        proc = subprocess.run(
+            [str(qemu), "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return f"{qemu}:{qemu.stat().st_mtime_ns}"
+    return (proc.stdout.strip().splitlines() or [str(qemu)])[0]
+
+
 def _key(qemu: Path, kernel: GuestKernel) -> str:
-    st = qemu.stat()
-    return f"{qemu}:{st.st_mtime_ns}:{kernel.version}:{os.uname().release}"
+    # Whether KVM works depends on the host and the QEMU version, not on which rebuild of
+    # our device this binary is: a rebuild must not cost another 15 s probe.
+    return f"{_qemu_version(qemu)}|{kernel.version}|{os.uname().release}"
 
 
 def kvm_device_usable() -> bool:
