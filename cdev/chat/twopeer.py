@@ -127,8 +127,6 @@ async def handshake(
         try:
             await writer.drain()
             rtype, body = await read_record(reader)
-        except TimeoutError:
-            raise
         except PeerClosed:
             raise ProtocolError("peer closed the connection during the handshake") from None
         if rtype == ERROR:

@@ -10,7 +10,6 @@ from typing import Any
 import typer
 
 from cdev.chat.options import ChatOptions, check_nick
-from cdev.errors import UsageError
 from cdev.keys import read_passphrase
 from cdev.plugins import get_registry
 from cdev.transport import Transport
@@ -182,6 +181,3 @@ def join_cmd(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(chat_app, name="chat")
-
-
-__all__ = ["UsageError", "register"]

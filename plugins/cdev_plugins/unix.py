@@ -56,8 +56,10 @@ class UnixTransport(Transport):
         path = _check(address)
         state = _socket_state(path)
         # asyncio would silently unlink a live socket and steal its name: refuse instead.
-        if state in ("live", "other"):
+        if state == "live":
             raise CdevError(f"cannot listen on {path}: address already in use")
+        if state == "other":
+            raise CdevError(f"cannot listen on {path}: a file that is not a socket is in the way")
         if state == "stale":
             with contextlib.suppress(OSError):
                 os.unlink(path)
