@@ -322,6 +322,11 @@ class VirtioCryptodev:
 
     def submit(self, chains: list[list[Buf]], timeout: float = 30.0) -> list[Done]:
         """Post every chain, kick once, wait for every answer (in used-ring order)."""
+        heads = self.post(chains)
+        return self.wait(chains, heads, timeout)
+
+    def post(self, chains: list[list[Buf]]) -> dict[int, int]:
+        """Post every chain and kick once; returns {head descriptor: chain index}."""
         ndesc = sum(len(ch) for ch in chains)
         if ndesc > self.qsize:
             raise ValueError(f"{ndesc} descriptors do not fit a queue of {self.qsize}")
@@ -351,15 +356,16 @@ class VirtioCryptodev:
         for addr, data in data_writes:
             self.qt.write(addr, data)
         self.qt.write(DESC_ADDR, bytes(descs))
-        ring = b"".join(struct.pack("<H", head) for head in heads)  # avail ring entries, in order
         start = self.avail_idx % self.qsize
-        entries = list(heads)
-        for i, head in enumerate(entries):
+        for i, head in enumerate(heads):
             self.qt.write(AVAIL_ADDR + 4 + 2 * ((start + i) % self.qsize), struct.pack("<H", head))
-        del ring
         self.avail_idx = (self.avail_idx + len(chains)) & 0xFFFF
         self.qt.writew(AVAIL_ADDR + 2, self.avail_idx)
         self.kick()
+        return heads
+
+    def wait(self, chains: list[list[Buf]], heads: dict[int, int], timeout: float) -> list[Done]:
+        """Wait until every posted chain is answered; read the answers back."""
         deadline = time.monotonic() + timeout
         want = (self.used_idx + len(chains)) & 0xFFFF
         while self.qt.readw(USED_ADDR + 2) != want:

@@ -125,3 +125,47 @@ def test_device_sources_pass_qemu_checkpatch() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_failed_build_is_one_line_with_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from cdev.cli import build_app
+
+    src = fake_tree(tmp_path / "qemu-src")
+    (src / "VERSION").write_text("7.2.0\n")
+    configure = src / "configure"
+    configure.write_text("#!/bin/sh\necho 'ERROR: no compiler today' >&2\nexit 1\n")
+    configure.chmod(0o755)
+    monkeypatch.setenv(qemu_build.CACHE_ENV, str(tmp_path / "cache"))
+    result = CliRunner().invoke(build_app(), ["qemu", "build", "--qemu-src", str(src)])
+    assert result.exit_code == 1
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("cdev:")]
+    assert len(lines) == 1 and "configure" in lines[0] and "log: " in lines[0]
+    log = Path(lines[0].split("log: ", 1)[1])
+    assert "no compiler today" in log.read_text()
+    # The overlay was applied to the copy, never to the user's tree.
+    assert not (src / "hw/virtio/virtio-cryptodev.c").exists()
+
+
+def test_qemu_path_without_a_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from cdev.cli import build_app
+
+    monkeypatch.setenv(qemu_build.CACHE_ENV, str(tmp_path))
+    result = CliRunner().invoke(build_app(), ["qemu", "path"])
+    assert result.exit_code == 2 and "cdev qemu build" in result.stderr
+
+
+def test_integration_blocks_follow_their_source(tmp_path: Path) -> None:
+    f = tmp_path / "trace-events"
+    f.write_text('# upstream\nfoo(void) ""\n')
+    assert qemu_build._sync_block(f, None, 'one(void) ""\n')
+    assert not qemu_build._sync_block(f, None, 'one(void) ""\n')
+    assert qemu_build._sync_block(f, None, 'one(void) ""\ntwo(void) ""\n')
+    text = f.read_text()
+    assert text.count(qemu_build.BLOCK_BEGIN) == 1 and "two(void)" in text
+    assert text.startswith("# upstream\nfoo(void)")

@@ -88,6 +88,8 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 # (linuxboot_dma.bin, kvmvapic.bin, keymaps), ipxe-qemu (NIC option ROMs).
 FIRMWARE_DIRS = (Path("/usr/share/seabios"), Path("/usr/share/qemu"), Path("/usr/lib/ipxe/qemu"))
 
+# Our sources must join virtio_pci_ss before it is folded into virtio_ss.
+MESON_ANCHOR = "virtio_ss.add_all(when: 'CONFIG_VIRTIO_PCI', if_true: virtio_pci_ss)"
 _NINJA_STEP = re.compile(rb"^\[(\d+)/(\d+)\]")
 
 
@@ -169,6 +171,34 @@ def _add_lines(path: Path, anchor: str | None, block: str, *, after: bool = True
     return True
 
 
+BLOCK_BEGIN = f"# >>> {MARKER} (added by cdev qemu build; edit qemu/integration/ instead)"
+BLOCK_END = f"# <<< {MARKER}"
+
+
+def _sync_block(path: Path, anchor: str | None, body: str) -> bool:
+    """Keep one marked block of ``body`` in a '#'-commented file, before ``anchor``
+    (or at the end); rewrite it only when ``body`` changed."""
+    block = f"{BLOCK_BEGIN}\n{body.strip(chr(10))}\n{BLOCK_END}\n"
+    text = path.read_text()
+    start = text.find(BLOCK_BEGIN)
+    if start >= 0:
+        end = text.find(BLOCK_END, start)
+        if end < 0:
+            raise CdevError(f"{path}: unterminated {MARKER} block; restore the file")
+        end = text.find("\n", end) + 1 or len(text)
+        if text[start:end] == block:
+            return False
+        new = text[:start] + block + text[end:]
+    elif anchor is None:
+        new = text.rstrip("\n") + "\n\n" + block
+    else:
+        if anchor not in text:
+            raise CdevError(f"cannot apply qemu/ to {path}: expected line {anchor!r} not found")
+        new = text.replace(anchor, block + anchor, 1)
+    path.write_text(new)
+    return True
+
+
 def apply_backend(src: Path) -> list[str]:
     """Apply ``qemu/`` onto the QEMU source tree ``src``; idempotent. Returns what changed."""
     if not (src / "hw" / "virtio" / "virtio.c").is_file():
@@ -186,18 +216,14 @@ def apply_backend(src: Path) -> list[str]:
         changed.append(str(hdr))
 
     integ = backend_dir() / "integration"
-    meson = src / "hw/virtio/meson.build"
-    if _add_lines(
-        meson,
-        "virtio_ss.add_all(when: 'CONFIG_VIRTIO_PCI', if_true: virtio_pci_ss)",
-        (integ / "meson.build.in").read_text(),
-        after=False,
-    ):
-        changed.append("hw/virtio/meson.build")
-    if _add_lines(src / "hw/virtio/Kconfig", None, (integ / "Kconfig.in").read_text()):
-        changed.append("hw/virtio/Kconfig")
-    if _add_lines(src / "hw/virtio/trace-events", None, (integ / "trace-events.in").read_text()):
-        changed.append("hw/virtio/trace-events")
+    blocks = (
+        ("hw/virtio/meson.build", "meson.build.in", MESON_ANCHOR),
+        ("hw/virtio/Kconfig", "Kconfig.in", None),
+        ("hw/virtio/trace-events", "trace-events.in", None),
+    )
+    for target, name, anchor in blocks:
+        if _sync_block(src / target, anchor, (integ / name).read_text()):
+            changed.append(target)
     # virtio_init() asserts that every device id has a name in this table.
     if _add_lines(
         src / "hw/virtio/virtio.c",

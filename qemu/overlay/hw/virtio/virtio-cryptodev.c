@@ -832,6 +832,7 @@ static void vcd_reset(VirtIODevice *vdev)
 {
     VirtIOCryptodev *vcd = VIRTIO_CRYPTODEV(vdev);
 
+    trace_virtio_cryptodev_reset(vcd, vcd->inflight, vcd->nhandles);
     vcd_drain(vcd);
     vcd_free_all(vcd);
 }
