@@ -56,7 +56,7 @@ def qemu_trace_args(log_file: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class TraceEvent:
-    kind: str  # request | response | batch | realize
+    kind: str  # request | response | batch | reset | realize
     fields: dict[str, int | str]
     ts: float | None = None
     pid: int | None = None
@@ -157,6 +157,7 @@ class Summary:
     responses: int = 0
     batches: int = 0
     max_batch: int = 0
+    resets: int = 0
     bytes_in: int = 0  # CRYPT payload bytes (len) answered OK
     by_request: Counter[str] = field(default_factory=Counter)
     by_status: Counter[str] = field(default_factory=Counter)
@@ -171,6 +172,7 @@ class Summary:
             "pending": self.requests - self.responses,
             "batches": self.batches,
             "max_batch": self.max_batch,
+            "resets": self.resets,
             "crypt_bytes_ok": self.bytes_in,
             "by_request": dict(self.by_request),
             "by_status": dict(self.by_status),
@@ -231,6 +233,8 @@ class Tracker:
         if ev.kind == "batch":
             s.batches += 1
             s.max_batch = max(s.max_batch, ev.num("popped"))
+        elif ev.kind == "reset":
+            s.resets += 1
         elif ev.kind == "realize":
             s.engines.append(str(ev.fields.get("engine", "?")))
         return None

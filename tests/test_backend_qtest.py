@@ -281,6 +281,33 @@ def test_engine_property(qemu_binary: Path, engine: str, message: str) -> None:
     assert result.returncode != 0 and message in result.stderr
 
 
+def test_open_close_cycles_do_not_grow_fds_or_memory(dev: VirtioCryptodev) -> None:
+    pid = dev.qt.proc.pid
+
+    def fds() -> int:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+
+    def rss_kib() -> int:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def cycle(n: int) -> None:
+        for _ in range(n // 20):
+            opened = dev.submit([open_chain() for _ in range(20)])
+            hs = [d.resp[1] for d in opened]
+            created = dev.submit([create_chain(h, AES, b"k" * 32, HMAC, b"m" * 512) for h in hs])
+            assert all(d.status == OK for d in created)
+            assert all(d.status == OK for d in dev.submit([close_chain(h) for h in hs]))
+
+    cycle(200)  # warm up allocator pools
+    fds0, rss0 = fds(), rss_kib()
+    cycle(2000)
+    assert fds() == fds0
+    assert rss_kib() - rss0 < 4096, f"RSS grew from {rss0} to {rss_kib()} KiB"
+
+
 # ------------------------------------------------------------------ malformed requests
 
 

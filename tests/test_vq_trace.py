@@ -53,6 +53,7 @@ def test_pairing_and_summary() -> None:
         RESP.format(id=2, st=2),
         RESP.format(id=1, st=0),
         REQ.format(id=3),
+        "virtio_cryptodev_reset dev 0x55d0 inflight 1 handles 3\n",
     ]
     tracker = vq_trace.Tracker()
     done = list(vq_trace.exchanges(lines, tracker))
@@ -62,7 +63,7 @@ def test_pairing_and_summary() -> None:
     s = tracker.summary.as_dict()
     assert s["requests"] == 3 and s["responses"] == 2 and s["pending"] == 1
     assert s["by_status"] == {"OK": 1, "INVAL": 1} and s["crypt_bytes_ok"] == 4096
-    assert s["max_batch"] == 2
+    assert s["max_batch"] == 2 and s["resets"] == 1
 
 
 def test_command_json(tmp_path: Path) -> None:
@@ -82,6 +83,17 @@ def test_command_table_and_missing_file(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "NOSESSION" in result.stdout
     missing = CliRunner().invoke(build_app(), ["vq-trace", str(tmp_path / "nope.log")])
     assert missing.exit_code == 2 and "-trace virtio_cryptodev_*" in missing.output
+
+
+def test_follow_picks_up_appended_lines(tmp_path: Path) -> None:
+    log = tmp_path / "trace.log"
+    log.write_text(REQ.format(id=1))
+    lines = vq_trace.read_lines(log, follow=True, poll=0.01)
+    assert "id 1 " in next(lines)
+    with log.open("a") as f:
+        f.write(RESP.format(id=1, st=0))
+    assert "status 0" in next(lines)
+    lines.close()
 
 
 @pytest.mark.vm

@@ -58,6 +58,7 @@ def _summary_table(s: Summary) -> Table:
     )
     table.add_row("notifications (batches), largest", f"{d['batches']}, {d['max_batch']}")
     table.add_row("CRYPT bytes answered OK", str(d["crypt_bytes_ok"]))
+    table.add_row("device resets", str(d["resets"]))
     for name, n in sorted(s.by_request.items()):
         table.add_row(f"  {name}", str(n))
     for name, n in sorted(s.by_status.items()):
