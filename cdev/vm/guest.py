@@ -596,6 +596,7 @@ class Guest:
                 stdout=qlog,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         except OSError as exc:
             listener.close()
@@ -857,6 +858,18 @@ class Guest:
 
     def ping(self) -> None:
         self._control("ping", 0)
+
+
+def _die_with_parent() -> None:
+    """In the QEMU child: get SIGKILL when the thread that started it dies (no orphans
+    eating the CPUs when a test run is killed); a no-op where prctl is unavailable."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _project_root() -> Path:
