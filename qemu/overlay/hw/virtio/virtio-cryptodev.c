@@ -628,8 +628,10 @@ static bool vcd_crypt_submit(VirtIOCryptodev *vcd, VcdSession *ses,
         return false;
     }
     r->src = g_try_malloc(q->len ? q->len : 1);
-    r->dst = g_try_malloc(q->len ? q->len : 1);
-    if (!r->src || !r->dst) {
+    if (ses->cipher) {
+        r->dst = g_try_malloc(q->len ? q->len : 1);
+    }
+    if (!r->src || (ses->cipher && !r->dst)) {
         *st = VCD_S_NOMEM;
         return false;
     }
