@@ -94,6 +94,7 @@ class PeerConn(asyncio.Protocol):
         self.over_since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
+        self.backlog: list[tuple[int, bytes]] = []
 
     def start(self, leftover: bytes, eof: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -115,32 +116,41 @@ class PeerConn(asyncio.Protocol):
         except ProtocolError as exc:
             self.kick(str(exc))
             return
-        if not records:
-            return
+        if records:
+            self._process(records)
+
+    def _process(self, records: list[tuple[int, bytes]]) -> None:
+        cfg = self.broker.config
         if self.joined:
-            # Refill the sender's bucket once per read; rate limiting is per record.
+            # Refill the sender's bucket once per batch; it is spent one record at a time.
             now = asyncio.get_running_loop().time()
-            cfg = self.broker.config
             self.tokens = min(cfg.burst, self.tokens + (now - self.stamp) * cfg.rate)
             self.stamp = now
         relay = self.broker.relay
-        for rtype, body in records:
+        for i, (rtype, body) in enumerate(records):
             if self.closed:
                 return
-            if self.joined:
+            if not self.joined:
+                self.broker.admit(self, rtype, body)
+            elif self.tokens >= 1:
                 relay(self, rtype, body)
             else:
-                self.broker.admit(self, rtype, body)
-        if self.joined and self.tokens < 0 and not self._paused and not self.closed:
-            # Over its rate: stop reading from this peer until the bucket refills.
-            self._paused = True
-            self.transport.pause_reading()
-            delay = -self.tokens / self.broker.config.rate
-            asyncio.get_running_loop().call_later(delay, self._resume)
+                # Over its rate: keep the rest of this read (at most one socket read) and
+                # stop reading until the bucket refills; TCP back-pressure does the rest.
+                self.backlog = records[i:]
+                self._paused = True
+                self.transport.pause_reading()
+                delay = (1 - self.tokens) / cfg.rate
+                asyncio.get_running_loop().call_later(delay, self._resume)
+                return
 
     def _resume(self) -> None:
         self._paused = False
-        if not self.closed:
+        if self.closed:
+            return
+        backlog, self.backlog = self.backlog, []
+        self._process(backlog)
+        if not self._paused and not self.closed:
             self.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
