@@ -796,6 +796,8 @@ class Guest:
             raise
         return GuestProcess(self, rid, pending, argv)
 
+    popen = spawn  # subprocess-style name
+
     def _await(
         self, rid: int, pending: _Pending, timeout: float | None, argv: list[str]
     ) -> RawResult:
