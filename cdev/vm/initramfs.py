@@ -89,6 +89,9 @@ if [ -n "$CDEV_MODULE" ]; then
         [ -s /newroot/tmp/.cdev-module ] || echo "insmod failed" > /newroot/tmp/.cdev-module
     fi
 fi
+# Boot quietly (serial output is slow under TCG), then let every kernel message from the
+# tests' time (warnings, oopses, our module's messages) reach console.log.
+echo 7 > /proc/sys/kernel/printk
 log "starting agent"
 chroot /newroot "$CDEV_PYTHON" -I -S "$CDEV_SHARE/.cdev/agent.py" </dev/null
 log "agent exited ($?)"
