@@ -13,24 +13,26 @@ import sys
 from typing import Any
 
 import typer
+import typer.main
 from typer.core import TyperGroup
 
 from cdev import __version__
 from cdev.errors import EXIT_FAILURE, CdevError
 from cdev.plugins import BLOCK_ENV, LOAD_ENV, Registry, get_registry, load_registry, set_registry
 
-# Built-in command modules, in the order `cdev --help` lists them.
-BUILTIN_COMMANDS = (
-    "cdev.commands.chat",
-    "cdev.commands.crypt",
-    "cdev.commands.session",
-    "cdev.commands.nodes",
-    "cdev.commands.plugins",
-    "cdev.commands.qemu",
-    "cdev.commands.vqtrace",
-    "cdev.commands.kernel",
-    "cdev.commands.vm",
-)
+# Built-in commands and their modules, in the order `cdev --help` lists them. A module is
+# imported only when its command runs (or help lists it): start-up stays fast.
+BUILTIN_COMMANDS = {
+    "crypt": "cdev.commands.crypt",
+    "session": "cdev.commands.session",
+    "chat": "cdev.commands.chat",
+    "plugins": "cdev.commands.plugins",
+    "nodes": "cdev.commands.nodes",
+    "kernel": "cdev.commands.kernel",
+    "qemu": "cdev.commands.qemu",
+    "vm": "cdev.commands.vm",
+    "vq-trace": "cdev.commands.vqtrace",
+}
 
 DEBUG_ENV = "CDEV_DEBUG"
 
@@ -41,7 +43,19 @@ def fail(message: str, code: int) -> typer.Exit:
 
 
 class CdevGroup(TyperGroup):
-    """Turns every error below the root into one line on stderr and an exit code."""
+    """Loads built-in commands on first use, and turns every error below the root into one
+    line on stderr and an exit code."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        loaded = super().list_commands(ctx)
+        return [*BUILTIN_COMMANDS, *(n for n in loaded if n not in BUILTIN_COMMANDS)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in BUILTIN_COMMANDS:
+            command = _load_builtin(cmd_name)
+            self.add_command(command, cmd_name)
+        return command
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -65,6 +79,15 @@ class CdevGroup(TyperGroup):
                 f"internal error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for a traceback)",
                 EXIT_FAILURE,
             ) from None
+
+
+def _load_builtin(name: str) -> Any:
+    """The click command for built-in ``name``, built from its module's ``register(app)``."""
+    holder = typer.Typer()
+    importlib.import_module(BUILTIN_COMMANDS[name]).register(holder)
+    holder.callback()(lambda: None)  # force a group, so that the command keeps its name
+    group = typer.main.get_command(holder)
+    return group.commands[name]  # type: ignore[attr-defined]
 
 
 def _silence_stdout() -> None:
@@ -120,8 +143,6 @@ def build_app(registry: Registry | None = None) -> typer.Typer:
         # commands); they are declared here so that --help documents them.
         del version, load_plugins, block_plugins
 
-    for module_name in BUILTIN_COMMANDS:
-        importlib.import_module(module_name).register(app)
     get_registry().add_commands(app)
     return app
 
