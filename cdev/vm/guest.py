@@ -366,7 +366,8 @@ class Guest:
     picks a free one: see :meth:`host_port`). ``cryptodev`` adds ``-device
     virtio-cryptodev-pci`` (None: when the QEMU binary has it). ``module`` is our .ko to
     insmod at boot (None: build ``kernel/`` if needed; False: none). ``extra_args`` go to
-    QEMU as they are (e.g. :data:`UPSTREAM_VIRTIO_CRYPTO`).
+    QEMU as they are (e.g. :data:`UPSTREAM_VIRTIO_CRYPTO`), ``kernel_args`` are appended to
+    the guest kernel's command line.
     """
 
     def __init__(
@@ -379,6 +380,7 @@ class Guest:
         module: Path | str | bool | None = None,
         module_args: Sequence[str] = (),
         extra_args: Sequence[str] = (),
+        kernel_args: Sequence[str] = (),
         memory_mb: int = 1024,
         cpus: int = 2,
         accel: str | None = None,
@@ -393,6 +395,7 @@ class Guest:
         self._module_req = module
         self.module_args = list(module_args)
         self.extra_args = list(extra_args)
+        self.kernel_args = list(kernel_args)
         self.memory_mb = memory_mb
         self.cpus = cpus
         self._accel_req = accel
@@ -544,6 +547,7 @@ class Guest:
 
     def _cmdline(self) -> str:
         parts = ["console=ttyS0", "panic=-1", "rdinit=/init", "tsc=reliable", "no_timer_check"]
+        parts += self.kernel_args
         parts.append("loglevel=7" if self.verbose else "quiet loglevel=4")
         return " ".join(parts)
 
