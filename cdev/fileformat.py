@@ -13,7 +13,10 @@ from __future__ import annotations
 import hmac
 import os
 import struct
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -33,6 +36,8 @@ HEADER_LEN = 64
 _HEADER_BODY = struct.Struct(">8sBBBBBBBx16s")  # 32 bytes, then a 32-byte tag
 RECORD = AES_BLOCK + CHUNK + HMAC_SHA256_SIZE  # a full (non-final) chunk on disk
 MIN_FINAL = AES_BLOCK + AES_BLOCK + HMAC_SHA256_SIZE
+
+THREADS_ENV = "CDEV_THREADS"  # worker threads for chunk crypto; default: up to 2
 
 Progress = Callable[[int], None]  # called with the number of input bytes just consumed
 
@@ -115,6 +120,64 @@ def _open_sessions(provider: Provider, keys: Keys) -> tuple[Session, Session]:
     return cipher, mac
 
 
+class _Workers:
+    """Runs per-chunk work on a few threads and hands results back in order.
+
+    Chunks are independent (own IV, own tag), and the providers release the GIL inside
+    their crypto (OpenSSL, ioctl, AF_ALG), so on two cores encryption and MAC of
+    neighbouring chunks overlap. Each thread opens its own sessions: providers need not be
+    thread-safe. At most ``2 * threads`` chunks are in flight, so memory stays bounded.
+    """
+
+    def __init__(self, provider: Provider, keys: Keys, threads: int) -> None:
+        self._provider, self._keys = provider, keys
+        self._local = threading.local()
+        self._opened: list[tuple[Session, Session]] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
+        self._pending: deque[Future[bytes]] = deque()
+        self._depth = 2 * threads
+
+    def sessions(self) -> tuple[Session, Session]:
+        found: tuple[Session, Session] | None = getattr(self._local, "sessions", None)
+        if found is None:
+            found = _open_sessions(self._provider, self._keys)
+            self._local.sessions = found
+            with self._lock:
+                self._opened.append(found)
+        return found
+
+    def submit(self, fn: Callable[..., bytes], *args: object) -> Iterator[bytes]:
+        """Queue ``fn(*args)``; yield the results that are due, oldest first."""
+        if self._pool is None:
+            yield fn(*args)
+            return
+        self._pending.append(self._pool.submit(fn, *args))
+        while len(self._pending) >= self._depth:
+            yield self._pending.popleft().result()
+
+    def drain(self) -> Iterator[bytes]:
+        while self._pending:
+            yield self._pending.popleft().result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        for cipher, mac in self._opened:
+            cipher.close()
+            mac.close()
+
+
+def default_threads() -> int:
+    value = os.environ.get(THREADS_ENV)
+    if value is not None:
+        try:
+            return max(1, min(16, int(value)))
+        except ValueError:
+            raise CdevError(f"{THREADS_ENV} must be a number, got {value!r}") from None
+    return min(2, len(os.sched_getaffinity(0)))
+
+
 def encrypt_stream(
     src: BinaryIO,
     dst: BinaryIO,
@@ -124,6 +187,7 @@ def encrypt_stream(
     key: bytes | None = None,
     params: ScryptParams | None = None,
     progress: Progress | None = None,
+    threads: int | None = None,
 ) -> int:
     """Encrypt ``src`` to ``dst``; returns the number of plaintext bytes."""
     if (passphrase is None) == (key is None):
@@ -134,31 +198,37 @@ def encrypt_stream(
         salt=os.urandom(SALT_LEN),
     )
     keys = derive_keys(header, passphrase, key)
-    cipher, mac = _open_sessions(provider, keys)
+    workers = _Workers(provider, keys, threads or default_threads())
+
+    def seal(index: int, last: bool, chunk: bytes) -> bytes:
+        cipher, mac = workers.sessions()
+        iv = os.urandom(AES_BLOCK)
+        ct = cipher.encrypt(_pad(chunk) if last else chunk, iv)
+        return b"".join((iv, ct, _chunk_tag(mac, index, last, iv, ct)))
+
     total = 0
     try:
         body = header.body()
-        dst.write(body + _header_tag(mac, body))
+        dst.write(body + _header_tag(workers.sessions()[1], body))
         index = 0
         chunk = _read_full(src, CHUNK)
         while True:
             # A chunk is final when it is short: a full chunk at EOF is followed by an
             # empty final one, so the reader can tell the two apart by size alone.
             last = len(chunk) < CHUNK
-            nxt = b"" if last else _read_full(src, CHUNK)
-            iv = os.urandom(AES_BLOCK)
-            ct = cipher.encrypt(_pad(chunk) if last else chunk, iv)
-            dst.write(b"".join((iv, ct, _chunk_tag(mac, index, last, iv, ct))))
+            for record in workers.submit(seal, index, last, chunk):
+                dst.write(record)
             total += len(chunk)
             if progress:
                 progress(len(chunk))
             if last:
+                for record in workers.drain():
+                    dst.write(record)
                 return total
             index += 1
-            chunk = nxt
+            chunk = _read_full(src, CHUNK)
     finally:
-        cipher.close()
-        mac.close()
+        workers.close()
 
 
 def read_header(src: BinaryIO) -> tuple[Header, bytes, bytes]:
@@ -201,6 +271,7 @@ def decrypt_stream(
     passphrase: bytes | None = None,
     key: bytes | None = None,
     progress: Progress | None = None,
+    threads: int | None = None,
 ) -> int:
     """Decrypt ``src`` to ``dst``, writing each chunk only once its MAC verified.
 
@@ -209,38 +280,45 @@ def decrypt_stream(
     """
     header, body, tag = read_header(src)
     keys = derive_keys(header, passphrase, key)
-    cipher, mac = _open_sessions(provider, keys)
+    workers = _Workers(provider, keys, threads or default_threads())
+
+    def open_record(index: int, last: bool, record: bytes) -> bytes:
+        cipher, mac = workers.sessions()
+        size = len(record)
+        bad_final = size < MIN_FINAL or (size - AES_BLOCK - HMAC_SHA256_SIZE) % AES_BLOCK
+        if (last and bad_final) or (not last and size != RECORD):
+            raise IntegrityError(f"truncated or corrupt file at chunk {index}")
+        iv, ct, t = record[:AES_BLOCK], record[AES_BLOCK:-HMAC_SHA256_SIZE], record[-32:]
+        if not hmac.compare_digest(_chunk_tag(mac, index, last, iv, ct), t):
+            raise IntegrityError(
+                f"chunk {index} failed authentication: the file was modified, "
+                "reordered, truncated or extended"
+            )
+        pt = cipher.decrypt(ct, iv)
+        if last:
+            n = pt[-1]
+            # The MAC already vouched for these bytes, so bad padding means a bug or a
+            # forged file under the right key: refuse it all the same.
+            if not 1 <= n <= AES_BLOCK or pt[-n:] != bytes([n]) * n:
+                raise IntegrityError(f"chunk {index} has invalid padding")
+            pt = pt[:-n]
+        return pt
+
     total = 0
     try:
-        if not hmac.compare_digest(_header_tag(mac, body), tag):
+        if not hmac.compare_digest(_header_tag(workers.sessions()[1], body), tag):
             raise IntegrityError("wrong passphrase or key, or the file header was modified")
         if progress:
             progress(HEADER_LEN)
         for index, (record, last) in enumerate(_records(src)):
-            size = len(record)
-            if (
-                last and (size < MIN_FINAL or (size - AES_BLOCK - HMAC_SHA256_SIZE) % AES_BLOCK)
-            ) or (not last and size != RECORD):
-                raise IntegrityError(f"truncated or corrupt file at chunk {index}")
-            iv, ct, t = record[:AES_BLOCK], record[AES_BLOCK:-HMAC_SHA256_SIZE], record[-32:]
-            if not hmac.compare_digest(_chunk_tag(mac, index, last, iv, ct), t):
-                raise IntegrityError(
-                    f"chunk {index} failed authentication: the file was modified, "
-                    "reordered, truncated or extended"
-                )
-            pt = cipher.decrypt(ct, iv)
-            if last:
-                n = pt[-1]
-                # The MAC already vouched for these bytes, so bad padding means a bug or a
-                # forged file under the right key: refuse it all the same.
-                if not 1 <= n <= AES_BLOCK or pt[-n:] != bytes([n]) * n:
-                    raise IntegrityError(f"chunk {index} has invalid padding")
-                pt = pt[:-n]
+            for pt in workers.submit(open_record, index, last, record):
+                dst.write(pt)
+                total += len(pt)
+            if progress:
+                progress(len(record))
+        for pt in workers.drain():
             dst.write(pt)
             total += len(pt)
-            if progress:
-                progress(size)
         return total
     finally:
-        cipher.close()
-        mac.close()
+        workers.close()

@@ -333,3 +333,23 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
     # Without a terminal (every other test here) stderr stays empty on success.
     proc2 = run_cdev("crypt", "encrypt", str(src), "-o", str(tmp_path / "x"), *FAST, env=PASS)
     assert proc2.returncode == 0 and proc2.stderr == b""
+
+
+@pytest.mark.parametrize(("enc_threads", "dec_threads"), [("1", "2"), ("2", "1"), ("3", "3")])
+def test_thread_counts_do_not_change_the_format(
+    tmp_path: Path, enc_threads: str, dec_threads: str
+) -> None:
+    src = tmp_path / "p"
+    data = make(src, 9 * CHUNK + 123)
+    env = {**PASS, "CDEV_THREADS": enc_threads}
+    assert run_cdev("crypt", "encrypt", str(src), *FAST, env=env).returncode == 0
+    enc = tmp_path / "p.cdev"
+    out = tmp_path / "o"
+    env = {**PASS, "CDEV_THREADS": dec_threads}
+    proc = run_cdev("crypt", "decrypt", str(enc), "-o", str(out), env=env)
+    assert proc.returncode == 0 and out.read_bytes() == data
+    # A bad chunk in the middle of the pipeline still fails the whole file, leaving nothing.
+    blob = bytearray(enc.read_bytes())
+    blob[HEADER_LEN + 5 * RECORD + 40] ^= 1
+    enc.write_bytes(blob)
+    decrypt_fails(tmp_path, enc, "chunk 5")
