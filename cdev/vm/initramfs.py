@@ -36,6 +36,7 @@ GUEST_MODULES: tuple[str, ...] = (
     "overlay",
     "af_alg",
     "algif_skcipher",
+    "algif_hash",  # the afalg provider's HMAC
     "virtio_crypto",
 )
 
