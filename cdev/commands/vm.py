@@ -94,6 +94,15 @@ def run(
     accel: str | None = typer.Option(
         None, "--accel", metavar="kvm|tcg", help="Force the accelerator (default: detect)."
     ),
+    trace: list[str] = typer.Option(
+        [],
+        "--trace",
+        metavar="PATTERN",
+        help="QEMU trace events to log, e.g. 'virtio_cryptodev_*' (see --trace-out).",
+    ),
+    trace_out: Path | None = typer.Option(
+        None, "--trace-out", metavar="FILE", help="Copy the trace log here after the run."
+    ),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds the command may run."),
     verbose: bool = typer.Option(False, "--verbose", help="Kernel messages in the console log."),
     keep: bool = typer.Option(
@@ -123,6 +132,7 @@ def run(
             module=False if no_module else None,
             extra_args=UPSTREAM_VIRTIO_CRYPTO if upstream_crypto else (),
             accel=accel,
+            trace=trace,
             progress=report,
             verbose=verbose,
         )
@@ -144,6 +154,8 @@ def run(
             sys.stdout.buffer.write(exc.result.stdout)
             sys.stderr.buffer.write(exc.result.stderr)
             raise
+        if trace_out is not None:
+            _copy_trace(guest, trace_out)
     finally:
         guest.close()
     sys.stdout.buffer.write(out)
@@ -154,6 +166,15 @@ def run(
         err.print(f"vm: guest command killed by {signal.Signals(-status).name}")
         status = 128 - status
     raise typer.Exit(status)
+
+
+def _copy_trace(guest: Guest, dest: Path) -> None:
+    import shutil
+
+    if not guest.trace_log.exists():
+        raise UsageError("no trace log: give --trace PATTERN too")
+    shutil.copyfile(guest.trace_log, dest)
+    print(f"vm: trace log written to {dest}", file=sys.stderr)
 
 
 def _module_state(guest: Guest) -> str:

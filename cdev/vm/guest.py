@@ -367,7 +367,8 @@ class Guest:
     virtio-cryptodev-pci`` (None: when the QEMU binary has it). ``module`` is our .ko to
     insmod at boot (None: build ``kernel/`` if needed; False: none). ``extra_args`` go to
     QEMU as they are (e.g. :data:`UPSTREAM_VIRTIO_CRYPTO`), ``kernel_args`` are appended to
-    the guest kernel's command line.
+    the guest kernel's command line, ``trace`` are QEMU trace-event patterns (e.g.
+    ``"virtio_cryptodev_*"``) logged to :attr:`trace_log`.
     """
 
     def __init__(
@@ -381,6 +382,7 @@ class Guest:
         module_args: Sequence[str] = (),
         extra_args: Sequence[str] = (),
         kernel_args: Sequence[str] = (),
+        trace: Sequence[str] = (),
         memory_mb: int = 1024,
         cpus: int = 2,
         accel: str | None = None,
@@ -396,6 +398,7 @@ class Guest:
         self.module_args = list(module_args)
         self.extra_args = list(extra_args)
         self.kernel_args = list(kernel_args)
+        self.trace = list(trace)
         self.memory_mb = memory_mb
         self.cpus = cpus
         self._accel_req = accel
@@ -442,6 +445,16 @@ class Guest:
     def console_log(self) -> Path:
         """The guest's serial console (kernel messages, /init's errors)."""
         return self.workdir / "console.log"
+
+    @property
+    def trace_log(self) -> Path:
+        """QEMU's trace output (``-D``), when ``trace`` patterns were given."""
+        return self.workdir / "trace.log"
+
+    @property
+    def qmp_socket(self) -> Path:
+        """QEMU's QMP control socket (a Unix socket; e.g. for the ``qemu.qmp`` client)."""
+        return self.workdir / "qmp.sock"
 
     @property
     def qemu_pid(self) -> int:
@@ -543,6 +556,10 @@ class Guest:
         ]  # fmt: skip
         if self.cryptodev:
             argv += ["-device", CRYPTODEV_DEVICE]
+        for pattern in self.trace:
+            argv += ["-trace", f"enable={pattern}"]
+        if self.trace:
+            argv += ["-D", str(self.trace_log)]
         return argv + self.extra_args
 
     def _cmdline(self) -> str:

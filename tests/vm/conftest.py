@@ -3,7 +3,8 @@
 ``guest`` is a :class:`cdev.vm.guest.Guest` with our QEMU (``ensure_qemu()``, or
 ``$CDEV_QEMU``), the virtio-cryptodev device when that QEMU has it, our module loaded,
 QEMU's upstream virtio-crypto device for side-by-side runs, and the guest ports in
-:data:`GUEST_PORTS` forwarded from free ports on 127.0.0.1 (``guest.host_port(7000)``).
+:data:`GUEST_PORTS` forwarded from free ports on 127.0.0.1 (``guest.host_port(7000)``),
+and the device's QEMU trace events in ``guest.trace_log``.
 
     def test_x(guest):
         status, out, err = guest.run("cdev session info --provider virtio", timeout=60)
@@ -20,6 +21,8 @@ from cdev.vm.guest import UPSTREAM_VIRTIO_CRYPTO, Guest
 
 # Guest ports forwarded for tests (chat listeners, echo servers); host ports are free ones.
 GUEST_PORTS = (7000, 7001, 7002, 7003)
+# Our device's QEMU trace events, logged to guest.trace_log (for vq-trace and queue tests).
+TRACE = ("virtio_cryptodev_*",)
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +44,7 @@ def guest(request: pytest.FixtureRequest) -> Iterator[Guest]:
     g = Guest(
         ports=[(0, p) for p in GUEST_PORTS],
         extra_args=UPSTREAM_VIRTIO_CRYPTO,
+        trace=TRACE,
         progress=say,
     )
     g.start()

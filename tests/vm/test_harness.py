@@ -151,6 +151,21 @@ def test_module_loaded_and_node_present(guest: Guest) -> None:
     assert res.status == 0, "no /dev/cryptodev0 in the guest"
 
 
+def test_device_requests_reach_the_trace_log(guest: Guest) -> None:
+    before = guest.trace_log.read_text() if guest.trace_log.exists() else ""
+    res = guest.run(
+        ["python3", "-c", "import os; os.close(os.open('/dev/cryptodev0', os.O_RDWR))"],
+        timeout=120,
+    )
+    assert res.status == 0, res.stderr
+    deadline = time.monotonic() + 10
+    new = ""
+    while time.monotonic() < deadline and "virtio_cryptodev_response" not in new:
+        time.sleep(0.2)
+        new = guest.trace_log.read_text()[len(before) :]
+    assert "virtio_cryptodev_request" in new and "virtio_cryptodev_response" in new
+
+
 LOAD_UNLOAD = """
 import os, sys
 from typer.testing import CliRunner
