@@ -134,6 +134,26 @@ def test_port_forward_reaches_a_guest_listener(guest: Guest) -> None:
     assert res.status == 0, res.stderr
 
 
+def test_guest_reaches_a_host_listener_through_slirp(guest: Guest) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        srv.settimeout(120)
+        client = guest.spawn(
+            [
+                "python3",
+                "-c",
+                f"import socket; c = socket.create_connection(('10.0.2.2', {port}), timeout=60); "
+                "c.sendall(b'from guest'); print(c.recv(100).decode())",
+            ],
+            timeout=120,
+        )
+        conn, _ = srv.accept()
+        with conn:
+            assert conn.recv(100) == b"from guest"
+            conn.sendall(b"from host")
+    assert client.wait(timeout=120) == (0, "from host\n", "")
+
+
 def test_qemu_pid_is_ours(guest: Guest) -> None:
     fds = os.listdir(f"/proc/{guest.qemu_pid}/fd")
     assert fds
