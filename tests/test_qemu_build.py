@@ -107,8 +107,15 @@ def test_real_build_has_the_device_and_is_cached() -> None:
     t0 = time.monotonic()
     assert qemu_build.ensure_qemu() == binary
     assert time.monotonic() - t0 < 5, "an unchanged second run must come from the cache"
-    assert qemu_build.latest_binary() is not None
+    assert qemu_build.latest_binary() == binary
     assert shutil.which("ninja")
+    from typer.testing import CliRunner
+
+    from cdev.cli import build_app
+
+    for argv in (["qemu", "build"], ["qemu", "path"]):
+        result = CliRunner().invoke(build_app(), argv)
+        assert result.exit_code == 0 and result.stdout.strip() == str(binary)
 
 
 @pytest.mark.vm

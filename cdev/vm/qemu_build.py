@@ -391,6 +391,8 @@ def ensure_qemu(
     if out.exists() and not force:
         if progress:
             progress(f"QEMU up to date ({key})", 1.0)
+        with contextlib.suppress(OSError):
+            os.utime(out)  # `cdev qemu path` names the binary ensured last
         return out
     tree_id = hashlib.sha256((source_id + "\0" + "\0".join(flags)).encode()).hexdigest()[:16]
     # One build per work tree at a time; a second caller waits, then finds the result.
