@@ -35,6 +35,7 @@ kernel/drivers/virtio/virtio.ko
 kernel/fs/overlayfs/overlay.ko:
 kernel/crypto/af_alg.ko:
 kernel/crypto/algif_skcipher.ko: kernel/crypto/af_alg.ko
+kernel/crypto/algif_hash.ko: kernel/crypto/af_alg.ko
 kernel/crypto/crypto_engine.ko:
 kernel/drivers/crypto/virtio/virtio_crypto.ko: kernel/crypto/crypto_engine.ko \
 kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
