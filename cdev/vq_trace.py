@@ -192,7 +192,8 @@ class Tracker:
     def feed(self, ev: TraceEvent) -> Exchange | None:
         """Account for one event; returns the exchange it completed, if any."""
         s = self.summary
-        dev = str(ev.fields.get("dev", "?"))
+        raw_dev = ev.fields.get("dev", "?")
+        dev = hex(raw_dev) if isinstance(raw_dev, int) else raw_dev
         if ev.kind == "request":
             ex = Exchange(
                 dev=dev,
