@@ -822,7 +822,9 @@ static void vcd_handle_output(VirtIODevice *vdev, VirtQueue *vq)
 /* Wait for the workers; each holds at most VCD_MAX_DATA_LEN of CPU work. */
 static void vcd_drain(VirtIOCryptodev *vcd)
 {
-    AIO_WAIT_WHILE(NULL, vcd->inflight > 0);
+    if (vcd->inflight > 0) {
+        AIO_WAIT_WHILE(NULL, vcd->inflight > 0);
+    }
 }
 
 static uint64_t vcd_get_features(VirtIODevice *vdev, uint64_t f, Error **errp)
