@@ -71,7 +71,11 @@ class Session(ABC):
 
     @abstractmethod
     def mac(self, data: bytes) -> bytes:
-        """The MAC of ``data`` under the session's MAC key."""
+        """The MAC of ``data`` under the session's MAC key, on a MAC-only session.
+
+        A session opened with both a cipher and a MAC follows cryptodev: it cannot MAC
+        arbitrary data, so encrypt-then-MAC users open two sessions.
+        """
 
     @abstractmethod
     def info(self) -> SessionInfo: ...

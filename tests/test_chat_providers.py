@@ -3,39 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import pytest
 
 from cdev.chat import twopeer
 from cdev.errors import CdevError
 from cdev.plugins import get_registry
-from cdev.provider import Capabilities, Provider, Session
+from cdev.provider import Provider
 from tests.chat_helpers import free_port, options, run, tcp
-
-
-class SplitSessions(Provider):
-    """The software provider, claiming it cannot hold a cipher and a MAC in one session,
-    as a device-backed provider may: chat must then open two sessions and still agree."""
-
-    name = "split"
-    description = "software, one algorithm per session"
-
-    def __init__(self) -> None:
-        self._inner = get_registry().open_provider("software")
-
-    def capabilities(self) -> Capabilities:
-        return dataclasses.replace(self._inner.capabilities(), combined=False)
-
-    def open_session(
-        self,
-        cipher: str | None = None,
-        key: bytes | None = None,
-        mac: str | None = None,
-        mac_key: bytes | None = None,
-    ) -> Session:
-        assert cipher is None or mac is None, "asked for a combined session"
-        return self._inner.open_session(cipher, key, mac, mac_key)
 
 
 def _providers() -> list[str]:
@@ -80,10 +55,4 @@ async def _talk(left: Provider, right: Provider) -> list[bytes | None]:
 def test_each_available_provider_talks_to_software(name: str) -> None:
     reg = get_registry()
     out = run(lambda: _talk(reg.open_provider(name), reg.open_provider("software")))
-    assert out == [b"to the listener", b"to the connector", None]
-
-
-def test_split_sessions_interoperate_with_combined_ones() -> None:
-    software = get_registry().open_provider("software")
-    out = run(lambda: _talk(SplitSessions(), software))
     assert out == [b"to the listener", b"to the connector", None]

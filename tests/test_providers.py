@@ -81,6 +81,17 @@ def test_bad_requests_are_refused() -> None:
         s.encrypt(bytes(16), bytes(16))
 
 
+def test_combined_sessions_cannot_mac_arbitrary_data_as_on_dev_crypto() -> None:
+    # cryptodev MACs only a combined session's own cipher input, so encrypt-then-MAC users
+    # (crypt, chat) must open a MAC-only session; software enforces the same so that a host
+    # test catches what would otherwise only fail on a device.
+    with REGISTRY.open_provider("software") as p:
+        s = p.open_session(AES_CBC, bytes(16), HMAC_SHA256, b"k")
+        with pytest.raises(ProviderError, match="MAC-only session"):
+            s.mac(b"data")
+        assert len(s.encrypt(bytes(32), bytes(16))) == 32
+
+
 def test_unknown_provider_is_a_one_line_error() -> None:
     proc = run_cdev("session", "info", "--provider", "nonesuch")
     line = assert_one_line_error(proc, 2)

@@ -64,22 +64,23 @@ def unpad(data: bytes) -> bytes:
 
 
 class _Keys:
-    """A cipher session and a MAC session on one provider (one session if it can hold both)."""
+    """A cipher session and a MAC-only session on one provider.
+
+    Always two sessions: encrypt-then-MAC needs a MAC over the ciphertext, and a combined
+    cryptodev session can only MAC the plaintext of its own cipher operation.
+    """
 
     def __init__(self, provider: Provider, enc_key: bytes, mac_key: bytes) -> None:
-        if provider.capabilities().combined:
-            self.cipher = provider.open_session(
-                cipher=AES_CBC, key=enc_key, mac=HMAC_SHA256, mac_key=mac_key
-            )
-            self.macer: Session = self.cipher
-        else:
-            self.cipher = provider.open_session(cipher=AES_CBC, key=enc_key)
-            self.macer = provider.open_session(mac=HMAC_SHA256, mac_key=mac_key)
+        self.cipher = provider.open_session(cipher=AES_CBC, key=enc_key)
+        try:
+            self.macer: Session = provider.open_session(mac=HMAC_SHA256, mac_key=mac_key)
+        except BaseException:
+            self.cipher.close()
+            raise
 
     def close(self) -> None:
         self.cipher.close()
-        if self.macer is not self.cipher:
-            self.macer.close()
+        self.macer.close()
 
 
 class Sealer:

@@ -65,6 +65,9 @@ class SoftwareSession(Session):
         self._check_open()
         if self._mac_key is None:
             raise ProviderError("this session has no MAC")
+        if self._key is not None:
+            # As on /dev/crypto: a cipher+MAC session MACs only its own cipher operations.
+            raise ProviderError("mac() needs a MAC-only session")
         h = HMAC(bytes(self._mac_key), hashes.SHA256())
         h.update(data)
         return h.finalize()
