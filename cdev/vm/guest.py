@@ -559,7 +559,8 @@ class Guest:
         for pattern in self.trace:
             argv += ["-trace", f"enable={pattern}"]
         if self.trace:
-            argv += ["-D", str(self.trace_log)]
+            # Timestamps let cdev vq-trace measure per-request latency.
+            argv += ["-D", str(self.trace_log), "-msg", "timestamp=on"]
         return argv + self.extra_args
 
     def _cmdline(self) -> str:
