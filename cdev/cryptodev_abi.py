@@ -49,6 +49,24 @@ class CryptOp(ctypes.Structure):
     )
 
 
+class CryptOpBytes(ctypes.Structure):
+    """``crypt_op`` with ``src`` and ``iv`` typed as ``char *``: assigning a ``bytes`` object
+    stores a pointer to its buffer without copying (ctypes keeps it alive), which is the
+    cheapest way to hand read-only data to the kernel from Python. Same layout as CryptOp.
+    """
+
+    _fields_ = (
+        ("ses", ctypes.c_uint32),
+        ("op", ctypes.c_uint16),
+        ("flags", ctypes.c_uint16),
+        ("len", ctypes.c_uint32),
+        ("src", ctypes.c_char_p),
+        ("dst", ctypes.c_void_p),
+        ("mac", ctypes.c_void_p),
+        ("iv", ctypes.c_char_p),
+    )
+
+
 class AlgInfo(ctypes.Structure):
     _fields_ = (
         ("cra_name", ctypes.c_char * 64),

@@ -84,6 +84,7 @@ struct vcd_device {
 struct vcd_buf {
 	void *data;
 	u32 len;
+	bool sensitive;			/* holds a key: wipe before freeing */
 };
 
 struct vcd_request {
@@ -141,17 +142,25 @@ static struct vcd_request *vcd_req_alloc(u32 type, u32 handle, u32 cmd)
 	return r;
 }
 
-/* Buffers may hold keys or plaintext: wipe them all. Safe in any context. */
+/*
+ * Key buffers are wiped. Data buffers are not, as in cryptodev-linux and AF_ALG: under
+ * emulation every extra pass over a 64 KiB buffer costs as much as the crypto itself.
+ * Safe in any context.
+ */
 static void vcd_req_put(struct vcd_request *r)
 {
 	unsigned int i;
 
 	if (!refcount_dec_and_test(&r->ref))
 		return;
-	for (i = 0; i < r->nout; i++)
-		kfree_sensitive(r->out[i].data);
+	for (i = 0; i < r->nout; i++) {
+		if (r->out[i].sensitive)
+			kfree_sensitive(r->out[i].data);
+		else
+			kfree(r->out[i].data);
+	}
 	for (i = 0; i < r->nin; i++)
-		kfree_sensitive(r->in[i].data);
+		kfree(r->in[i].data);
 	kfree_sensitive(r);
 }
 
@@ -163,7 +172,12 @@ static void *vcd_req_buf(struct vcd_request *r, bool out, u32 len)
 
 	if (!len)
 		return NULL;
-	p = kzalloc(len, GFP_KERNEL | __GFP_NOWARN);
+	/*
+	 * Not zeroed: device-readable buffers are filled from user memory before the
+	 * request is queued, and device-writable ones reach user memory only when the
+	 * device reported writing all of them (vcd_call checks the used length).
+	 */
+	p = kmalloc(len, GFP_KERNEL | __GFP_NOWARN);
 	if (!p)
 		return ERR_PTR(-ENOMEM);
 	b->data = p;
@@ -175,13 +189,16 @@ static void *vcd_req_buf(struct vcd_request *r, bool out, u32 len)
 	return p;
 }
 
-/* A device-readable buffer filled from user memory. */
-static int vcd_req_copy_in(struct vcd_request *r, const void __user *src, u32 len)
+/* A device-readable buffer filled from user memory; @sensitive for keys. */
+static int vcd_req_copy_in(struct vcd_request *r, const void __user *src, u32 len,
+			   bool sensitive)
 {
 	void *p = vcd_req_buf(r, true, len);
 
 	if (IS_ERR(p))
 		return PTR_ERR(p);
+	if (p)
+		r->out[r->nout - 1].sensitive = sensitive;
 	if (p && copy_from_user(p, src, len))
 		return -EFAULT;
 	return 0;
@@ -458,9 +475,9 @@ static int vcd_create_session(struct vcd_file *vf, struct vcd_sess_args *a)
 	r->req.mac = cpu_to_le32(a->mac);
 	r->req.keylen = cpu_to_le32(a->keylen);
 	r->req.mackeylen = cpu_to_le32(a->mackeylen);
-	err = vcd_req_copy_in(r, a->key, a->keylen);
+	err = vcd_req_copy_in(r, a->key, a->keylen, true);
 	if (!err)
-		err = vcd_req_copy_in(r, a->mackey, a->mackeylen);
+		err = vcd_req_copy_in(r, a->mackey, a->mackeylen, true);
 	if (!err)
 		err = vcd_call(vf, r);
 	if (!err) {
@@ -526,12 +543,14 @@ static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
 		iv = vcd_req_buf(r, true, VCD_IV_LEN);
 		err = PTR_ERR_OR_ZERO(iv);
 		/* No IV from the caller: an all-zero one. */
-		if (!err && a->iv && copy_from_user(iv, a->iv, VCD_IV_LEN))
+		if (!err && !a->iv)
+			memset(iv, 0, VCD_IV_LEN);
+		else if (!err && copy_from_user(iv, a->iv, VCD_IV_LEN))
 			err = -EFAULT;
 		if (err)
 			goto out;
 	}
-	err = vcd_req_copy_in(r, a->src, a->len);
+	err = vcd_req_copy_in(r, a->src, a->len, false);
 	if (err)
 		goto out;
 	if (bits & VCD_SES_CIPHER) {

@@ -39,6 +39,8 @@ def test_struct_layouts_on_x86_64() -> None:
         "mac": 32,
         "iv": 40,
     }
+    fast = {name: getattr(abi.CryptOpBytes, name).offset for name, _ in abi.CryptOpBytes._fields_}
+    assert fast == offsets and ctypes.sizeof(abi.CryptOpBytes) == 48
     assert ctypes.sizeof(abi.SessionInfoOp) == 268
     assert abi.SessionInfoOp.alignmask.offset == 260
     assert abi.SessionInfoOp.flags.offset == 264

@@ -440,10 +440,9 @@ static int vcd_crypt_worker(void *opaque)
     return 0;
 }
 
-static void vcd_crypt_done(void *opaque, int ret)
+/* Write a finished crypt's results to the guest, answer it and free it. */
+static void vcd_crypt_complete(VirtIOCryptodev *vcd, VcdRequest *r)
 {
-    VcdRequest *r = opaque;
-    VirtIOCryptodev *vcd = r->vcd;
     struct vcd_resp resp = { .status = cpu_to_le32(r->status) };
     size_t off = 0;
 
@@ -460,6 +459,14 @@ static void vcd_crypt_done(void *opaque, int ret)
     resp.session = cpu_to_le32(r->req.session);
     vcd_finish(vcd, r, &resp);
     vcd_free_request(vcd, r);
+}
+
+static void vcd_crypt_done(void *opaque, int ret)
+{
+    VcdRequest *r = opaque;
+    VirtIOCryptodev *vcd = r->vcd;
+
+    vcd_crypt_complete(vcd, r);
     vcd->inflight--;
     qemu_bh_schedule(vcd->notify_bh);
     aio_wait_kick();
@@ -596,28 +603,33 @@ static uint32_t vcd_session_create(VirtIOCryptodev *vcd, VcdHandle *h,
     return VCD_S_OK;
 }
 
-/* Returns true when the request went to a worker and will finish later. */
-static bool vcd_crypt_submit(VirtIOCryptodev *vcd, VcdSession *ses,
-                             VcdRequest *r, uint32_t *st)
+typedef enum {
+    VCD_CRYPT_REFUSED,  /* *st says why; the caller answers */
+    VCD_CRYPT_ANSWERED, /* done inline and pushed */
+    VCD_CRYPT_QUEUED,   /* a worker owns it and will answer */
+} VcdCryptFate;
+
+static VcdCryptFate vcd_crypt_submit(VirtIOCryptodev *vcd, VcdSession *ses,
+                                     VcdRequest *r, uint32_t *st)
 {
     const struct vcd_req *q = &r->req;
     uint64_t want_out, want_in;
 
     if (q->op != VCD_OP_ENCRYPT && q->op != VCD_OP_DECRYPT) {
         *st = VCD_S_INVAL;
-        return false;
+        return VCD_CRYPT_REFUSED;
     }
     if (q->flags || q->len > VCD_MAX_DATA_LEN) {
         *st = VCD_S_INVAL;
-        return false;
+        return VCD_CRYPT_REFUSED;
     }
     if (ses->cipher && (q->len % VCD_BLOCK_LEN || q->ivlen != VCD_IV_LEN)) {
         *st = VCD_S_INVAL;
-        return false;
+        return VCD_CRYPT_REFUSED;
     }
     if (!ses->cipher && q->ivlen) {
         *st = VCD_S_INVAL;
-        return false;
+        return VCD_CRYPT_REFUSED;
     }
     want_out = sizeof(struct vcd_req) + (uint64_t)q->ivlen + q->len;
     want_in = sizeof(struct vcd_resp) + (ses->cipher ? (uint64_t)q->len : 0) +
@@ -625,7 +637,7 @@ static bool vcd_crypt_submit(VirtIOCryptodev *vcd, VcdSession *ses,
     if (iov_size(r->elem.out_sg, r->elem.out_num) != want_out ||
         r->in_size != want_in) {
         *st = VCD_S_BADMSG;
-        return false;
+        return VCD_CRYPT_REFUSED;
     }
     r->src = g_try_malloc(q->len ? q->len : 1);
     if (ses->cipher) {
@@ -633,7 +645,7 @@ static bool vcd_crypt_submit(VirtIOCryptodev *vcd, VcdSession *ses,
     }
     if (!r->src || (ses->cipher && !r->dst)) {
         *st = VCD_S_NOMEM;
-        return false;
+        return VCD_CRYPT_REFUSED;
     }
     iov_to_buf(r->elem.out_sg, r->elem.out_num, sizeof(struct vcd_req),
                r->iv, q->ivlen);
@@ -641,10 +653,19 @@ static bool vcd_crypt_submit(VirtIOCryptodev *vcd, VcdSession *ses,
                sizeof(struct vcd_req) + q->ivlen, r->src, q->len);
     ses->refs++;
     r->ses = ses;
+    if (q->len <= vcd->inline_max) {
+        /*
+         * Short work is answered in this batch: handing it to a worker and back
+         * costs more than the crypto itself (tens of microseconds at most here).
+         */
+        vcd_crypt_worker(r);
+        vcd_crypt_complete(vcd, r);
+        return VCD_CRYPT_ANSWERED;
+    }
     vcd->inflight++;
     thread_pool_submit_aio(aio_get_thread_pool(qemu_get_aio_context()),
                            vcd_crypt_worker, r, vcd_crypt_done, r);
-    return true;
+    return VCD_CRYPT_QUEUED;
 }
 
 /*
@@ -784,8 +805,13 @@ static bool vcd_handle_request(VirtIOCryptodev *vcd, VcdRequest *r)
         break;
     }
     case VCD_CMD_CRYPT:
-        if (vcd_crypt_submit(vcd, h->sessions[idx], r, &st)) {
+        switch (vcd_crypt_submit(vcd, h->sessions[idx], r, &st)) {
+        case VCD_CRYPT_QUEUED:
             return false;
+        case VCD_CRYPT_ANSWERED:
+            return true;
+        case VCD_CRYPT_REFUSED:
+            break;
         }
         break;
     }
@@ -901,6 +927,8 @@ static const VMStateDescription vmstate_virtio_cryptodev = {
 
 static Property virtio_cryptodev_properties[] = {
     DEFINE_PROP_STRING("engine", VirtIOCryptodev, engine_prop),
+    /* Crypt requests up to this many bytes run inline, larger ones on workers. */
+    DEFINE_PROP_UINT32("inline-max", VirtIOCryptodev, inline_max, 64 * 1024),
     DEFINE_PROP_END_OF_LIST(),
 };
 

@@ -29,6 +29,7 @@ struct VirtIOCryptodev {
     QEMUBH *notify_bh;
     const VcdEngine *engine;
     char *engine_prop;
+    uint32_t inline_max;
 
     /* Requests handed to the thread pool and not yet pushed back. */
     unsigned inflight;
