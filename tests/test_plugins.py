@@ -184,11 +184,28 @@ def test_version_and_help_examples() -> None:
     assert proc.returncode == 0 and proc.stdout.startswith(b"cdev ")
     proc = run_cdev("--help")
     assert proc.returncode == 0 and b"Example:" in proc.stdout
-    commands = (
-        "crypt encrypt|crypt decrypt|session info|session selftest|plugins|chat listen|"
-        "chat connect|chat broker|chat join|nodes create|nodes list|nodes remove|kernel build|"
-        "kernel load|kernel unload|qemu build|qemu path|vm run|vm demo|vq-trace"
-    ).split("|")
+    commands = [
+        "crypt encrypt",
+        "crypt decrypt",
+        "session info",
+        "session selftest",
+        "plugins",
+        "chat listen",
+        "chat connect",
+        "chat broker",
+        "chat join",
+        "nodes create",
+        "nodes list",
+        "nodes remove",
+        "kernel build",
+        "kernel load",
+        "kernel unload",
+        "qemu build",
+        "qemu path",
+        "vm run",
+        "vm demo",
+        "vq-trace",
+    ]
     for cmd in (c.split() for c in commands):
         proc = run_cdev(*cmd, "--help")
         assert proc.returncode == 0 and b"Example:" in proc.stdout, cmd
