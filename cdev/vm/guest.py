@@ -577,6 +577,15 @@ class Guest:
             "CDEV_MODULE": str(self.module or ""),
             "CDEV_MODULE_ARGS": " ".join(self.module_args),
             "CDEV_VENV_BIN": str(venv_bin),
+            # What the guest runs must stay visible under its own tmpfs mounts.
+            "CDEV_HOST_PATHS": ":".join(
+                str(p)
+                for p in (
+                    _project_root(),
+                    Path(sys.prefix),
+                    Path(os.path.realpath(sys.executable)).parent,
+                )
+            ),
         }
         for k, v in env.items():
             if any(c in v for c in "\n'\"$`\\"):

@@ -75,6 +75,15 @@ mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
+# Host paths the guest must see though they sit where it mounts a tmpfs (a project cloned
+# under /tmp, say): bind them back from the read-only host root.
+IFS=:
+for p in $CDEV_HOST_PATHS; do
+    case "$p" in
+    /tmp/*|/run/*|/dev/shm/*) mkdir -p "/newroot$p" && mount --bind "/lower$p" "/newroot$p" ;;
+    esac
+done
+unset IFS
 mkdir -p "/newroot$CDEV_SHARE"
 mount --move /xchg "/newroot$CDEV_SHARE"
 ip link set lo up
