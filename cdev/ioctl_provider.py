@@ -14,16 +14,15 @@ from cdev.errors import UnavailableError
 from cdev.provider import (
     AES_BLOCK,
     AES_CBC,
-    AES_KEY_SIZES,
     HMAC_SHA256,
     HMAC_SHA256_SIZE,
-    Algorithm,
     Capabilities,
     Provider,
     ProviderError,
     Session,
     SessionInfo,
     check_session_args,
+    standard_capabilities,
 )
 
 _CIPHERS = {AES_CBC: abi.CRYPTO_AES_CBC}
@@ -199,13 +198,7 @@ class IoctlProvider(Provider):
             driver = f"{info.cipher_driver or '?'} via {self.path}"
         except ProviderError:
             pass
-        return Capabilities(
-            driver=driver,
-            ciphers=(Algorithm(AES_CBC, AES_KEY_SIZES, block_size=AES_BLOCK),),
-            macs=(Algorithm(HMAC_SHA256, (1, 512), digest_size=HMAC_SHA256_SIZE),),
-            max_request=self.max_request,
-            combined=True,
-        )
+        return standard_capabilities(driver, self.max_request)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -41,6 +41,21 @@ class Capabilities:
     notes: tuple[str, ...] = ()
 
 
+AES_CBC_ALGORITHM = Algorithm(AES_CBC, AES_KEY_SIZES, block_size=AES_BLOCK)
+HMAC_SHA256_ALGORITHM = Algorithm(HMAC_SHA256, (1, 512), digest_size=HMAC_SHA256_SIZE)
+
+
+def standard_capabilities(driver: str, max_request: int) -> Capabilities:
+    """What every built-in provider offers: AES-CBC (128/192/256) and HMAC-SHA256."""
+    return Capabilities(
+        driver=driver,
+        ciphers=(AES_CBC_ALGORITHM,),
+        macs=(HMAC_SHA256_ALGORITHM,),
+        max_request=max_request,
+        combined=True,
+    )
+
+
 @dataclass(frozen=True)
 class SessionInfo:
     """What ``CIOCGSESSINFO`` reports, for any provider."""

@@ -11,17 +11,14 @@ from cdev.hookspecs import hookimpl
 from cdev.ioctl_provider import cbc_chunks
 from cdev.provider import (
     AES_BLOCK,
-    AES_CBC,
-    AES_KEY_SIZES,
-    HMAC_SHA256,
     HMAC_SHA256_SIZE,
-    Algorithm,
     Capabilities,
     Provider,
     ProviderError,
     Session,
     SessionInfo,
     check_session_args,
+    standard_capabilities,
 )
 
 # One sendmsg() on an AF_ALG skcipher socket is bounded by the socket's buffer; larger
@@ -142,12 +139,8 @@ class AfalgProvider(Provider):
         _bind("skcipher", CBC_ALG, bytes(16)).close()  # fails early, with one line, if absent
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            driver=f"{_driver(CBC_ALG) or CBC_ALG} / {_driver(HMAC_ALG) or HMAC_ALG} (kernel)",
-            ciphers=(Algorithm(AES_CBC, AES_KEY_SIZES, block_size=AES_BLOCK),),
-            macs=(Algorithm(HMAC_SHA256, (1, 512), digest_size=HMAC_SHA256_SIZE),),
-            max_request=MAX_REQUEST,
-            combined=True,
+        return standard_capabilities(
+            f"{_driver(CBC_ALG) or CBC_ALG} / {_driver(HMAC_ALG) or HMAC_ALG} (kernel)", MAX_REQUEST
         )
 
     def open_session(

@@ -12,12 +12,6 @@ from cryptography.hazmat.primitives.hmac import HMAC
 from cdev.errors import UsageError
 from cdev.hookspecs import hookimpl
 from cdev.provider import (
-    AES_BLOCK,
-    AES_CBC,
-    AES_KEY_SIZES,
-    HMAC_SHA256,
-    HMAC_SHA256_SIZE,
-    Algorithm,
     Capabilities,
     Provider,
     ProviderError,
@@ -25,6 +19,7 @@ from cdev.provider import (
     SessionInfo,
     check_cipher_request,
     check_session_args,
+    standard_capabilities,
 )
 
 MAX_REQUEST = 1 << 30  # in-process: bounded only by memory; keep requests sane
@@ -93,12 +88,8 @@ class SoftwareProvider(Provider):
     description = "pyca/cryptography (OpenSSL) in this process"
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            driver=f"{openssl_backend.openssl_version_text()} via pyca/cryptography",
-            ciphers=(Algorithm(AES_CBC, AES_KEY_SIZES, block_size=AES_BLOCK),),
-            macs=(Algorithm(HMAC_SHA256, (1, 512), digest_size=HMAC_SHA256_SIZE),),
-            max_request=MAX_REQUEST,
-            combined=True,
+        return standard_capabilities(
+            f"{openssl_backend.openssl_version_text()} via pyca/cryptography", MAX_REQUEST
         )
 
     def open_session(
