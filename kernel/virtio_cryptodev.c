@@ -32,6 +32,7 @@
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/idr.h>
+#include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/refcount.h>
 #include <linux/rwsem.h>
@@ -41,6 +42,7 @@
 #include <linux/uaccess.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
+#include <linux/virtio_ring.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 #include <linux/xarray.h>
@@ -81,8 +83,20 @@ struct vcd_device {
 	struct device dev;
 };
 
+/* Crypt requests at least this long use the caller's pages (zero copy). */
+#define VCD_ZC_MIN		4096
+
+/* Caller's pages handed to the device as they are (zero copy). */
+struct vcd_pin {
+	struct page **pages;
+	unsigned int npages;
+	bool dirty;			/* the device writes them */
+	struct sg_table sgt;
+};
+
 struct vcd_buf {
-	void *data;
+	void *data;			/* a kernel copy, or NULL when pinned */
+	struct vcd_pin *pin;
 	u32 len;
 	bool sensitive;			/* holds a key: wipe before freeing */
 };
@@ -97,6 +111,7 @@ struct vcd_request {
 	unsigned int nout, nin;
 	struct vcd_buf out[2];		/* device-readable payload */
 	struct vcd_buf in[2];		/* device-writable results */
+	struct work_struct free_work;	/* unpinning may sleep: not from the callback */
 	struct vcd_req req;
 	struct vcd_resp resp ____cacheline_aligned;
 };
@@ -142,26 +157,70 @@ static struct vcd_request *vcd_req_alloc(u32 type, u32 handle, u32 cmd)
 	return r;
 }
 
+static struct workqueue_struct *vcd_free_wq;
+
+static void vcd_unpin(struct vcd_pin *p)
+{
+	unpin_user_pages_dirty_lock(p->pages, p->npages, p->dirty);
+	sg_free_table(&p->sgt);
+	kvfree(p->pages);
+	kfree(p);
+}
+
 /*
  * Key buffers are wiped. Data buffers are not, as in cryptodev-linux and AF_ALG: under
  * emulation every extra pass over a 64 KiB buffer costs as much as the crypto itself.
- * Safe in any context.
  */
-static void vcd_req_put(struct vcd_request *r)
+static void vcd_req_free(struct vcd_request *r)
 {
 	unsigned int i;
 
-	if (!refcount_dec_and_test(&r->ref))
-		return;
 	for (i = 0; i < r->nout; i++) {
-		if (r->out[i].sensitive)
+		if (r->out[i].pin)
+			vcd_unpin(r->out[i].pin);
+		else if (r->out[i].sensitive)
 			kfree_sensitive(r->out[i].data);
 		else
 			kfree(r->out[i].data);
 	}
-	for (i = 0; i < r->nin; i++)
-		kfree(r->in[i].data);
+	for (i = 0; i < r->nin; i++) {
+		if (r->in[i].pin)
+			vcd_unpin(r->in[i].pin);
+		else
+			kfree(r->in[i].data);
+	}
 	kfree_sensitive(r);
+}
+
+static void vcd_req_free_work(struct work_struct *work)
+{
+	vcd_req_free(container_of(work, struct vcd_request, free_work));
+}
+
+static bool vcd_req_pinned(struct vcd_request *r)
+{
+	unsigned int i;
+
+	for (i = 0; i < r->nout; i++)
+		if (r->out[i].pin)
+			return true;
+	for (i = 0; i < r->nin; i++)
+		if (r->in[i].pin)
+			return true;
+	return false;
+}
+
+/* Safe in any context: unpinning, which may sleep, is deferred from atomic ones. */
+static void vcd_req_put(struct vcd_request *r)
+{
+	if (!refcount_dec_and_test(&r->ref))
+		return;
+	if (vcd_req_pinned(r) && (irqs_disabled() || !in_task())) {
+		INIT_WORK(&r->free_work, vcd_req_free_work);
+		queue_work(vcd_free_wq, &r->free_work);
+		return;
+	}
+	vcd_req_free(r);
 }
 
 /* Attach a buffer of @len bytes (none if @len is 0); returns it, or an ERR_PTR. */
@@ -187,6 +246,50 @@ static void *vcd_req_buf(struct vcd_request *r, bool out, u32 len)
 	else
 		r->nin++;
 	return p;
+}
+
+/*
+ * Attach the caller's own pages at @uaddr as a buffer (device-readable when @out), so
+ * the device reads or writes them directly instead of a kernel copy. -EFAULT when any
+ * of it is not mapped (or not writable, for a device-writable buffer).
+ */
+static int vcd_req_pin(struct vcd_request *r, bool out, const void __user *uaddr, u32 len)
+{
+	struct vcd_buf *b = out ? &r->out[r->nout] : &r->in[r->nin];
+	unsigned long start = (unsigned long)uaddr;
+	unsigned int off = offset_in_page(start);
+	unsigned int npages = DIV_ROUND_UP(off + len, PAGE_SIZE);
+	struct vcd_pin *p;
+	int got, err;
+
+	p = kzalloc(sizeof(*p), GFP_KERNEL);
+	if (!p)
+		return -ENOMEM;
+	p->pages = kvmalloc_array(npages, sizeof(*p->pages), GFP_KERNEL);
+	if (!p->pages) {
+		kfree(p);
+		return -ENOMEM;
+	}
+	got = pin_user_pages_fast(start & PAGE_MASK, npages, out ? 0 : FOLL_WRITE, p->pages);
+	if (got > 0)
+		p->npages = got;
+	err = got == npages ? 0 : -EFAULT;
+	if (!err)
+		err = sg_alloc_table_from_pages(&p->sgt, p->pages, npages, off, len, GFP_KERNEL);
+	if (err) {
+		unpin_user_pages(p->pages, p->npages);
+		kvfree(p->pages);
+		kfree(p);
+		return err;
+	}
+	p->dirty = !out;
+	b->pin = p;
+	b->len = len;
+	if (out)
+		r->nout++;
+	else
+		r->nin++;
+	return 0;
 }
 
 /* A device-readable buffer filled from user memory; @sensitive for keys. */
@@ -287,13 +390,21 @@ static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killab
 	sg_init_one(&hdr, &r->req, sizeof(r->req));
 	sgs[n++] = &hdr;
 	for (i = 0; i < r->nout; i++) {
+		if (r->out[i].pin) {
+			sgs[n++] = r->out[i].pin->sgt.sgl;
+			continue;
+		}
 		sg_init_one(&out[i], r->out[i].data, r->out[i].len);
 		sgs[n++] = &out[i];
 	}
 	for (i = 0; i < r->nin; i++) {
+		in_total += r->in[i].len;
+		if (r->in[i].pin) {
+			sgs[n++] = r->in[i].pin->sgt.sgl;
+			continue;
+		}
 		sg_init_one(&in[i], r->in[i].data, r->in[i].len);
 		sgs[n++] = &in[i];
-		in_total += r->in[i].len;
 	}
 	sg_init_one(&resp, &r->resp, sizeof(r->resp));
 	sgs[n++] = &resp;
@@ -517,6 +628,7 @@ static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
 	struct vcd_request *r;
 	void *entry, *dst = NULL, *mac = NULL, *iv;
 	unsigned long bits;
+	bool zc;
 	int err;
 
 	if (a->op != COP_ENCRYPT && a->op != COP_DECRYPT)
@@ -550,14 +662,30 @@ static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
 		if (err)
 			goto out;
 	}
-	err = vcd_req_copy_in(r, a->src, a->len, false);
+	/*
+	 * Large requests use the caller's pages directly, as cryptodev-linux does: copies
+	 * cost more than the crypto. Not with WRITE_IV (it reads the ciphertext back) or
+	 * NO_ZC, nor in place (src == dst: one pin must not be both read and written), nor
+	 * without indirect descriptors (a page per entry would not fit the ring).
+	 */
+	zc = a->len >= VCD_ZC_MIN && !(a->flags & (COP_FLAG_WRITE_IV | COP_FLAG_NO_ZC)) &&
+	     a->src != a->dst &&
+	     virtio_has_feature(vf->vcd->vdev, VIRTIO_RING_F_INDIRECT_DESC);
+	err = zc ? vcd_req_pin(r, true, a->src, a->len) :
+		   vcd_req_copy_in(r, a->src, a->len, false);
 	if (err)
 		goto out;
 	if (bits & VCD_SES_CIPHER) {
-		dst = vcd_req_buf(r, false, a->len);
-		if (IS_ERR(dst)) {
-			err = PTR_ERR(dst);
-			goto out;
+		if (zc) {
+			err = vcd_req_pin(r, false, a->dst, a->len);
+			if (err)
+				goto out;
+		} else {
+			dst = vcd_req_buf(r, false, a->len);
+			if (IS_ERR(dst)) {
+				err = PTR_ERR(dst);
+				goto out;
+			}
 		}
 	}
 	if (bits & VCD_SES_MAC) {
@@ -983,11 +1111,18 @@ static int __init vcd_init(void)
 		goto out_region;
 	}
 
+	vcd_free_wq = alloc_workqueue("vcd_free", 0, 0);
+	if (!vcd_free_wq) {
+		err = -ENOMEM;
+		goto out_class;
+	}
 	err = register_virtio_driver(&vcd_driver);
 	if (err)
-		goto out_class;
+		goto out_wq;
 	return 0;
 
+out_wq:
+	destroy_workqueue(vcd_free_wq);
 out_class:
 	class_destroy(vcd_class);
 out_region:
@@ -999,6 +1134,7 @@ static void __exit vcd_exit(void)
 {
 	/* Devices (and their char devices) go first, then what they live in. */
 	unregister_virtio_driver(&vcd_driver);
+	destroy_workqueue(vcd_free_wq);	/* after the last request was freed */
 	class_destroy(vcd_class);
 	unregister_chrdev_region(vcd_devt, VCD_MINORS);
 	ida_destroy(&vcd_minor_ida);

@@ -12,6 +12,7 @@ import ctypes
 import errno
 import fcntl
 import json
+import mmap
 import os
 import random
 import subprocess
@@ -140,6 +141,10 @@ def _aes_cbc(key: bytes, iv: bytes, data: bytes, encrypt: bool) -> bytes:
     return ctx.update(data) + ctx.finalize()
 
 
+def _mapping_address(m: mmap.mmap) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(m))
+
+
 def guest_bad() -> dict[str, Any]:
     """Every bad argument, then a good operation: errno per case."""
     d = Dev()
@@ -179,6 +184,19 @@ def guest_bad() -> dict[str, Any]:
     r["crypt_bad_src"] = _errno(fd, abi.CIOCCRYPT, d.cop(ses, 0, data, iv, src=BAD_PTR)[0])
     r["crypt_bad_dst"] = _errno(fd, abi.CIOCCRYPT, d.cop(ses, 0, data, iv, dst=BAD_PTR)[0])
     r["crypt_bad_iv"] = _errno(fd, abi.CIOCCRYPT, d.cop(ses, 0, data, iv, ivp=BAD_PTR)[0])
+    # Large requests pin the caller's pages instead of copying: the same answers.
+    big = os.urandom(65536)
+    r["crypt_zc_bad_src"] = _errno(fd, abi.CIOCCRYPT, d.cop(ses, 0, big, iv, src=BAD_PTR)[0])
+    r["crypt_zc_bad_dst"] = _errno(fd, abi.CIOCCRYPT, d.cop(ses, 0, big, iv, dst=BAD_PTR)[0])
+    ro = mmap.mmap(-1, len(big))
+    ro_addr = _mapping_address(ro)
+    assert ctypes.CDLL(None).mprotect(ctypes.c_void_p(ro_addr), len(big), mmap.PROT_READ) == 0
+    r["crypt_zc_readonly_dst"] = _errno(fd, abi.CIOCCRYPT, d.cop(ses, 0, big, iv, dst=ro_addr)[0])
+    # A destination with an inaccessible page in the middle.
+    rw = mmap.mmap(-1, len(big))
+    rw_addr = _mapping_address(rw)
+    assert ctypes.CDLL(None).mprotect(ctypes.c_void_p(rw_addr + 8192), 4096, 0) == 0  # PROT_NONE
+    r["crypt_zc_hole_in_dst"] = _errno(fd, abi.CIOCCRYPT, d.cop(ses, 0, big, iv, dst=rw_addr)[0])
     r["fsession_bad_arg"] = _errno(fd, abi.CIOCFSESSION, BAD_PTR)
     r["fsession_unknown"] = _errno(fd, abi.CIOCFSESSION, ctypes.c_uint32(ses + 999))
     r["sessinfo_bad_arg"] = _errno(fd, abi.CIOCGSESSINFO, BAD_PTR)
@@ -432,6 +450,10 @@ def test_bad_ioctls_get_errors_and_the_vm_stays_up(guest: Any) -> None:
         "crypt_bad_src": E.EFAULT,
         "crypt_bad_dst": E.EFAULT,
         "crypt_bad_iv": E.EFAULT,
+        "crypt_zc_bad_src": E.EFAULT,
+        "crypt_zc_bad_dst": E.EFAULT,
+        "crypt_zc_readonly_dst": E.EFAULT,
+        "crypt_zc_hole_in_dst": E.EFAULT,
         "fsession_bad_arg": E.EFAULT,
         "fsession_unknown": E.EINVAL,
         "sessinfo_bad_arg": E.EFAULT,
