@@ -21,6 +21,7 @@ from cdev.provider import (
     ProviderError,
     Session,
     SessionInfo,
+    cbc_in_pieces,
     check_session_args,
     standard_capabilities,
 )
@@ -32,12 +33,6 @@ _MACS = {HMAC_SHA256: abi.CRYPTO_SHA2_256_HMAC}
 def _os_error(what: str, exc: OSError) -> ProviderError:
     name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
     return ProviderError(f"{what} failed: {name} ({exc.strerror})")
-
-
-def cbc_chunks(data: bytes, max_request: int) -> list[tuple[int, int]]:
-    """Split a CBC request into device-sized pieces (offset, length), block-aligned."""
-    step = max(AES_BLOCK, max_request - max_request % AES_BLOCK)
-    return [(off, min(step, len(data) - off)) for off in range(0, len(data), step)]
 
 
 class IoctlSession(Session):
@@ -81,22 +76,10 @@ class IoctlSession(Session):
     def _cbc(self, op: int, data: bytes, iv: bytes) -> bytes:
         if not self._has_cipher:
             raise ProviderError("this session has no cipher")
-        if len(iv) != AES_BLOCK:
-            raise ProviderError(f"IV must be {AES_BLOCK} bytes, got {len(iv)}")
-        n = len(data)
-        if n % AES_BLOCK:
-            raise ProviderError(f"data length {n} is not a multiple of {AES_BLOCK}")
-        if n <= self._p.max_request:
-            return self._crypt(op, data, iv, want_mac=False)[0]
-        out = []
-        # Larger requests than the device takes are chained: CBC's next IV is the last
-        # ciphertext block, of the output when encrypting and of the input when decrypting.
-        for off, length in cbc_chunks(data, self._p.max_request):
-            piece = data[off : off + length]
-            result, _ = self._crypt(op, piece, iv, want_mac=False)
-            out.append(result)
-            iv = (result if op == abi.COP_ENCRYPT else piece)[-AES_BLOCK:]
-        return b"".join(out)
+        return cbc_in_pieces(
+            data, iv, self._p.max_request, op == abi.COP_ENCRYPT,
+            lambda piece, piece_iv: self._crypt(op, piece, piece_iv, want_mac=False)[0],
+        )  # fmt: skip
 
     def encrypt(self, data: bytes, iv: bytes) -> bytes:
         return self._cbc(abi.COP_ENCRYPT, data, iv)

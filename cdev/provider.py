@@ -171,6 +171,31 @@ def check_cipher_request(data: bytes, iv: bytes, max_request: int) -> None:
         raise ProviderError(f"request of {len(data)} bytes exceeds the maximum of {max_request}")
 
 
+def cbc_in_pieces(
+    data: bytes, iv: bytes, max_request: int, encrypt: bool, run: Callable[[bytes, bytes], bytes]
+) -> bytes:
+    """Check a CBC request and run it as ``run(piece, iv)`` calls of at most ``max_request``.
+
+    Providers whose device takes bounded requests share this: CBC's next IV is the last
+    ciphertext block, of the output when encrypting and of the input when decrypting.
+    """
+    if len(iv) != AES_BLOCK:
+        raise ProviderError(f"IV must be {AES_BLOCK} bytes, got {len(iv)}")
+    n = len(data)
+    if n % AES_BLOCK:
+        raise ProviderError(f"data length {n} is not a multiple of {AES_BLOCK}")
+    if n <= max_request:
+        return run(data, iv)
+    step = max(AES_BLOCK, max_request - max_request % AES_BLOCK)
+    out = []
+    for off in range(0, n, step):
+        piece = data[off : off + step]
+        result = run(piece, iv)
+        out.append(result)
+        iv = (result if encrypt else piece)[-AES_BLOCK:]
+    return b"".join(out)
+
+
 def check_session_args(
     cipher: str | None, key: bytes | None, mac: str | None, mac_key: bytes | None
 ) -> None:

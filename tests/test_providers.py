@@ -110,3 +110,23 @@ def test_selftest_all_lists_unavailable_and_passes() -> None:
     assert b'"software"' in proc.stdout
     if not os.path.exists("/dev/crypto"):
         assert b"/dev/crypto does not exist" in proc.stdout
+
+
+@pytest.mark.parametrize("encrypt", [True, False])
+def test_requests_larger_than_a_device_takes_are_chained_exactly(encrypt: bool) -> None:
+    # The ioctl and AF_ALG providers split big requests; the result must be the one-shot CBC.
+    from cdev.provider import cbc_in_pieces
+
+    data, key, iv = os.urandom(16 * 37), os.urandom(16), os.urandom(16)
+    with REGISTRY.open_provider("software") as p, p.open_session(AES_CBC, key) as s:
+        whole = s.encrypt(data, iv) if encrypt else s.decrypt(data, iv)
+        calls: list[int] = []
+
+        def run(piece: bytes, piece_iv: bytes) -> bytes:
+            calls.append(len(piece))
+            return s.encrypt(piece, piece_iv) if encrypt else s.decrypt(piece, piece_iv)
+
+        assert cbc_in_pieces(data, iv, 100, encrypt, run) == whole
+        assert calls == [96] * 6 + [16]
+        with pytest.raises(ProviderError, match="multiple of 16"):
+            cbc_in_pieces(data[:-1], iv, 100, encrypt, run)

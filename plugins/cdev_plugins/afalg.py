@@ -8,15 +8,14 @@ from pathlib import Path
 
 from cdev.errors import UnavailableError, UsageError
 from cdev.hookspecs import hookimpl
-from cdev.ioctl_provider import cbc_chunks
 from cdev.provider import (
-    AES_BLOCK,
     HMAC_SHA256_SIZE,
     Capabilities,
     Provider,
     ProviderError,
     Session,
     SessionInfo,
+    cbc_in_pieces,
     check_session_args,
     standard_capabilities,
 )
@@ -78,23 +77,18 @@ class AfalgSession(Session):
     def _cbc(self, op: int, data: bytes, iv: bytes) -> bytes:
         if self._cipher is None:
             raise ProviderError("this session has no cipher")
-        if len(iv) != AES_BLOCK:
-            raise ProviderError(f"IV must be {AES_BLOCK} bytes, got {len(iv)}")
-        if len(data) % AES_BLOCK:
-            raise ProviderError(f"data length {len(data)} is not a multiple of {AES_BLOCK}")
         sock = self._cipher[1]
-        out = []
-        for off, length in cbc_chunks(data, MAX_REQUEST):
-            piece = data[off : off + length]
+
+        def run(piece: bytes, piece_iv: bytes) -> bytes:
+            if not piece:
+                return b""
             try:
-                sock.sendmsg_afalg([piece], op=op, iv=iv)
-                result = sock.recv(length) if length else b""
+                sock.sendmsg_afalg([piece], op=op, iv=piece_iv)
+                return sock.recv(len(piece))
             except OSError as exc:
                 raise ProviderError(f"AF_ALG {CBC_ALG}: {exc.strerror}") from None
-            out.append(result)
-            if length:
-                iv = (result if op == socket.ALG_OP_ENCRYPT else piece)[-AES_BLOCK:]
-        return b"".join(out)
+
+        return cbc_in_pieces(data, iv, MAX_REQUEST, op == socket.ALG_OP_ENCRYPT, run)
 
     def encrypt(self, data: bytes, iv: bytes) -> bytes:
         return self._cbc(socket.ALG_OP_ENCRYPT, data, iv)
