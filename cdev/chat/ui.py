@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import CancelledError
 from typing import BinaryIO, Protocol
 
 from rich.console import Console
@@ -89,7 +90,12 @@ class LineSource:
         threading.Thread(target=self._run, name="cdev-stdin", daemon=True).start()
 
     def _put(self, item: bytes | None) -> None:
-        fut = asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop)
+        coro = self._queue.put(item)
+        try:
+            fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:
+            coro.close()  # the loop is gone (chat over): nobody will read it, no warning
+            raise
         fut.result()  # back-pressure: the reader thread waits while the queue is full
 
     def _emit(self, raw: bytes) -> None:
@@ -111,9 +117,9 @@ class LineSource:
                     pending = pending[MAX_TEXT:]
             if pending:
                 self._emit(pending)
-        except (OSError, ValueError, RuntimeError):
+        except (OSError, ValueError, RuntimeError, CancelledError):
             pass  # stdin closed under us, or the loop is gone: treat as EOF
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(RuntimeError, CancelledError):
             self._put(None)
 
     async def get(self) -> bytes | None:
