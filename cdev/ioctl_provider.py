@@ -181,7 +181,9 @@ class IoctlProvider(Provider):
             driver = f"{info.cipher_driver or '?'} via {self.path}"
         except ProviderError:
             pass
-        return standard_capabilities(driver, self.max_request)
+        return standard_capabilities(
+            driver, self.max_request, names=(AES_CBC, HMAC_SHA256), multipart=False
+        )
 
     def close(self) -> None:
         if self.fd >= 0:

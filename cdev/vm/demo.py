@@ -57,7 +57,12 @@ def _selftest(g: Guest) -> tuple[bool, str]:
         return False, _last_line(res.stderr) or f"exit {res.status}"
     results = json.loads(res.stdout)["virtio"]
     passed = sum(r["ok"] for r in results)
-    return passed == len(results), f"{passed}/{len(results)} NIST/RFC vectors through the device"
+    failed = sum(r["status"] == "fail" for r in results)
+    # Algorithms the device does not offer are reported unsupported, not failed.
+    return failed == 0 and passed > 0, (
+        f"{passed}/{len(results)} NIST/RFC vectors through the device, "
+        f"{len(results) - passed - failed} unsupported, {failed} failed"
+    )
 
 
 def _files(g: Guest, size: int) -> tuple[bool, str]:

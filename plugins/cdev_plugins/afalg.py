@@ -9,6 +9,8 @@ from pathlib import Path
 from cdev.errors import UnavailableError, UsageError
 from cdev.hookspecs import hookimpl
 from cdev.provider import (
+    AES_CBC,
+    HMAC_SHA256,
     HMAC_SHA256_SIZE,
     Capabilities,
     Provider,
@@ -134,7 +136,10 @@ class AfalgProvider(Provider):
 
     def capabilities(self) -> Capabilities:
         return standard_capabilities(
-            f"{_driver(CBC_ALG) or CBC_ALG} / {_driver(HMAC_ALG) or HMAC_ALG} (kernel)", MAX_REQUEST
+            f"{_driver(CBC_ALG) or CBC_ALG} / {_driver(HMAC_ALG) or HMAC_ALG} (kernel)",
+            MAX_REQUEST,
+            names=(AES_CBC, HMAC_SHA256),
+            multipart=False,
         )
 
     def open_session(
