@@ -24,7 +24,7 @@ from cdev.errors import IntegrityError
 from cdev.provider import AES_GCM, GCM_TAG, AuthenticationError, Provider, Session
 
 TAG = GCM_TAG
-BATCH = 16  # chunks per task: 1 MiB of plaintext per read, write and task
+BATCH = 8  # chunks per task: 512 KiB of plaintext per read, write and task
 HEADER_NONCE = bytes(12)  # the header has its own key, so nonce 0 cannot collide
 HEADER_AAD = b"cdev-enc header\x00"
 

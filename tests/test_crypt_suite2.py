@@ -98,7 +98,7 @@ def test_wrong_key(tmp_path: Path) -> None:
         0, 8, 9, 10, 20, 31, 32, 63,  # magic, version, suite, KDF, salt, header tag
         HEADER_LEN, HEADER_LEN + 100,  # first chunk's ciphertext
         HEADER_LEN + RECORD - 1,  # first chunk's tag
-        HEADER_LEN + 17 * RECORD + 3,  # a chunk in the second batch
+        HEADER_LEN + (BATCH + 1) * RECORD + 3,  # a chunk in the second batch
         -1,  # the final chunk's tag
     ],
 )  # fmt: skip
