@@ -34,6 +34,7 @@ from cdev.provider import (
     UnsupportedError,
     check_session_args,
     cipher_in_pieces,
+    next_iv,
     standard_capabilities,
 )
 
@@ -108,10 +109,39 @@ class IoctlSession(Session):
         size = self._mac_alg.digest_size if self._mac_alg else 0
         return out, (self._mac_buf.raw[:size] if want_mac else b"")
 
+    def _chained(self, op: int, data: bytes, iv: bytes) -> bytes:
+        """One piece of a chained request, with ``COP_FLAG_WRITE_IV``: the node writes the
+        IV that continues the chain back, and it must be the one the mode defines."""
+        alg = self._cipher_alg
+        assert alg is not None
+        src = ctypes.create_string_buffer(data, len(data))
+        dst = ctypes.create_string_buffer(max(len(data), 1))
+        ivb = ctypes.create_string_buffer(iv, max(len(iv), 1))
+        cop = abi.CryptOp(
+            ses=self._ses, op=op, flags=abi.COP_FLAG_WRITE_IV, len=len(data),
+            src=ctypes.addressof(src), dst=ctypes.addressof(dst), mac=None,
+            iv=ctypes.addressof(ivb) if iv else None,
+        )  # fmt: skip
+        self._check()
+        try:
+            fcntl.ioctl(self._p.fd, abi.CIOCCRYPT, cop)
+        except OSError as exc:
+            raise _os_error("CIOCCRYPT", exc) from None
+        out = dst.raw[: len(data)]
+        want = next_iv(alg, iv, data, out, op == abi.COP_ENCRYPT)
+        if iv and ivb.raw[: len(iv)] != want:
+            raise ProviderError(f"{self._p.path} wrote back a wrong chained IV for {alg.name}")
+        return out
+
     def _run(self, op: int, data: bytes, iv: bytes) -> bytes:
         alg = self._cipher_alg
         if alg is None or alg.kind == AEAD:
             raise ProviderError("this session has no cipher")
+        if len(data) > self._p.max_request:
+            return cipher_in_pieces(
+                alg, data, iv, self._p.max_request, op == abi.COP_ENCRYPT,
+                lambda piece, piece_iv: self._chained(op, piece, piece_iv),
+            )  # fmt: skip
         return cipher_in_pieces(
             alg, data, iv, self._p.max_request, op == abi.COP_ENCRYPT,
             lambda piece, piece_iv: self._crypt(op, piece, piece_iv, want_mac=False)[0],

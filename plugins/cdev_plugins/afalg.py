@@ -149,7 +149,10 @@ class AfalgSession(Session):
             if not piece:
                 return b""
             try:
-                sock.sendmsg_afalg([piece], op=op, iv=piece_iv or None)
+                if piece_iv:
+                    sock.sendmsg_afalg([piece], op=op, iv=piece_iv)
+                else:  # ECB: no IV at all (None is refused)
+                    sock.sendmsg_afalg([piece], op=op)
                 return sock.recv(len(piece))
             except OSError as exc:
                 raise self._err(alg, exc) from None
