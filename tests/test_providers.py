@@ -211,3 +211,22 @@ def test_requests_larger_than_a_device_takes_are_chained_exactly(encrypt: bool) 
         assert calls == [96] * 6 + [16]
         with pytest.raises(ProviderError, match="multiple of 16"):
             cbc_in_pieces(data[:-1], iv, 100, encrypt, run)
+
+
+def test_session_info_all_lists_every_provider_and_what_it_supports() -> None:
+    import json
+
+    proc = run_cdev("session", "info", "--all", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert set(BUILTIN) <= set(data)
+    soft = data["software"]
+    assert soft["unsupported"] == [] and soft["multipart_hash"] is True
+    assert all(a["supported"] for a in soft["algorithms"].values())
+    assert set(soft["algorithms"]) == set(ALGORITHMS)
+    for name in BUILTIN:
+        entry = data[name]
+        if "unavailable" in entry:
+            assert "\n" not in entry["unavailable"]
+        else:
+            assert set(entry["algorithms"]) == set(ALGORITHMS)
