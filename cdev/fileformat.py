@@ -1,11 +1,17 @@
 """The cdev encrypted file format, version 1 (specified in docs/file-format.md).
 
-A 64-byte authenticated header, then the plaintext in 64 KiB chunks, each encrypted with
-AES-256-CBC under a fresh random IV and authenticated with HMAC-SHA256 over its index, a
-last-chunk flag, the IV and the ciphertext (encrypt-then-MAC, as age's STREAM binds its
-counter and final flag). Reordering, truncation, appending and tampering all fail a MAC.
-Both primitives run through the chosen provider; nothing here does crypto by itself
-except key derivation.
+A 64-byte authenticated header, then the plaintext in 64 KiB chunks. Two cipher suites:
+
+- suite 2 (the default when the provider has AES-GCM): each chunk sealed with
+  AES-256-GCM under a nonce made of its index and a last-chunk flag (age's STREAM), see
+  :mod:`cdev.stream_gcm`;
+- suite 1: each chunk encrypted with AES-256-CBC under a fresh random IV and
+  authenticated with HMAC-SHA256 over its index, a last-chunk flag, the IV and the
+  ciphertext (encrypt-then-MAC).
+
+Either way reordering, truncation, appending and tampering all fail a tag. The
+primitives run through the chosen provider; nothing here does crypto by itself except
+key derivation.
 """
 
 from __future__ import annotations
@@ -20,13 +26,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from cdev.errors import CdevError, IntegrityError
+from cdev import stream_gcm
+from cdev.errors import CdevError, IntegrityError, UnavailableError
 from cdev.keys import ScryptParams, hkdf, scrypt
-from cdev.provider import AES_BLOCK, AES_CBC, HMAC_SHA256, HMAC_SHA256_SIZE, Provider, Session
+from cdev.provider import (
+    AES_BLOCK,
+    AES_CBC,
+    AES_GCM,
+    HMAC_SHA256,
+    HMAC_SHA256_SIZE,
+    Provider,
+    Session,
+)
 
 MAGIC = b"cdev-enc"
 VERSION = 1
 SUITE_AES256CBC_HMACSHA256 = 1
+SUITE_AES256GCM = 2
+SUITES = (SUITE_AES256CBC_HMACSHA256, SUITE_AES256GCM)
 KDF_SCRYPT = 1
 KDF_RAW_KEY = 2
 CHUNK_LOG2 = 16
@@ -47,6 +64,7 @@ class Header:
     kdf: int
     scrypt: ScryptParams
     salt: bytes
+    suite: int = SUITE_AES256CBC_HMACSHA256
 
     def body(self) -> bytes:
         p = self.scrypt
@@ -54,7 +72,7 @@ class Header:
         return _HEADER_BODY.pack(
             MAGIC,
             VERSION,
-            SUITE_AES256CBC_HMACSHA256,
+            self.suite,
             self.kdf,
             log_n,
             r,
@@ -79,6 +97,12 @@ def derive_keys(header: Header, passphrase: bytes | None, key: bytes | None) -> 
         if key is None:
             raise CdevError("this file was encrypted with a key file; use --key-file")
         master = key
+    if header.suite == SUITE_AES256GCM:
+        # Distinct keys for the chunks and the header, so their nonces never collide.
+        return Keys(
+            enc=hkdf(master, b"cdev-enc v1 suite 2 aes-256-gcm", salt=header.salt),
+            mac=hkdf(master, b"cdev-enc v1 suite 2 header", salt=header.salt),
+        )
     return Keys(
         enc=hkdf(master, b"cdev-enc v1 aes-256-cbc", salt=header.salt),
         mac=hkdf(master, b"cdev-enc v1 hmac-sha256", salt=header.salt),
@@ -178,6 +202,21 @@ def default_threads() -> int:
     return min(2, len(os.sched_getaffinity(0)))
 
 
+def default_suite(provider: Provider) -> int:
+    """Suite 2 (AES-256-GCM) when the provider has AES-GCM, else suite 1."""
+    caps = provider.capabilities()
+    return SUITE_AES256GCM if caps.supports(AES_GCM) else SUITE_AES256CBC_HMACSHA256
+
+
+def _gcm_header_session(provider: Provider, keys: Keys) -> Session:
+    if not provider.capabilities().supports(AES_GCM):
+        raise UnavailableError(
+            f"suite 2 needs AES-GCM, which provider '{provider.name}' does not offer; "
+            "use another provider (cdev session info --all), or --suite 1 to encrypt"
+        )
+    return provider.open_session(cipher=AES_GCM, key=keys.mac)
+
+
 def encrypt_stream(
     src: BinaryIO,
     dst: BinaryIO,
@@ -188,16 +227,31 @@ def encrypt_stream(
     params: ScryptParams | None = None,
     progress: Progress | None = None,
     threads: int | None = None,
+    suite: int | None = None,
 ) -> int:
-    """Encrypt ``src`` to ``dst``; returns the number of plaintext bytes."""
+    """Encrypt ``src`` to ``dst``; returns the number of plaintext bytes.
+
+    ``suite`` defaults to :func:`default_suite` for the provider.
+    """
     if (passphrase is None) == (key is None):
         raise ValueError("give exactly one of passphrase and key")
+    suite = default_suite(provider) if suite is None else suite
+    if suite not in SUITES:
+        raise CdevError(f"unknown cipher suite {suite} (known: 1, 2)")
     header = Header(
         kdf=KDF_SCRYPT if passphrase is not None else KDF_RAW_KEY,
         scrypt=params or ScryptParams(),
         salt=os.urandom(SALT_LEN),
+        suite=suite,
     )
     keys = derive_keys(header, passphrase, key)
+    if suite == SUITE_AES256GCM:
+        body = header.body()
+        with _gcm_header_session(provider, keys) as hs:
+            dst.write(body + stream_gcm.header_tag(hs, body))
+        return stream_gcm.encrypt_chunks(
+            src, dst, provider, keys.enc, CHUNK, threads or default_threads(), progress
+        )
     workers = _Workers(provider, keys, threads or default_threads())
 
     def seal(index: int, last: bool, chunk: bytes) -> bytes:
@@ -241,14 +295,14 @@ def read_header(src: BinaryIO) -> tuple[Header, bytes, bytes]:
     _, version, suite, kdf, log_n, r, p, chunk_log2, salt = _HEADER_BODY.unpack(body)
     if version != VERSION:
         raise CdevError(f"unsupported file version {version} (this cdev reads version {VERSION})")
-    if suite != SUITE_AES256CBC_HMACSHA256 or chunk_log2 != CHUNK_LOG2:
+    if suite not in SUITES or chunk_log2 != CHUNK_LOG2:
         raise CdevError(f"unsupported cipher suite {suite} / chunk size 2^{chunk_log2}")
     if kdf not in (KDF_SCRYPT, KDF_RAW_KEY):
         raise CdevError(f"unsupported key derivation {kdf}")
     params = ScryptParams(log_n, r, p) if kdf == KDF_SCRYPT else ScryptParams()
     if kdf == KDF_SCRYPT:
         params.check()  # attacker-chosen costs must not exhaust memory or time
-    return Header(kdf, params, salt), body, tag
+    return Header(kdf, params, salt, suite), body, tag
 
 
 def _records(src: BinaryIO) -> Iterator[tuple[bytes, bool]]:
@@ -280,6 +334,14 @@ def decrypt_stream(
     """
     header, body, tag = read_header(src)
     keys = derive_keys(header, passphrase, key)
+    if header.suite == SUITE_AES256GCM:
+        with _gcm_header_session(provider, keys) as hs:
+            stream_gcm.check_header(hs, body, tag)
+        if progress:
+            progress(HEADER_LEN)
+        return stream_gcm.decrypt_chunks(
+            src, dst, provider, keys.enc, CHUNK, threads or default_threads(), progress
+        )
     workers = _Workers(provider, keys, threads or default_threads())
 
     def open_record(index: int, last: bool, record: bytes) -> bytes:

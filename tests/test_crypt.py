@@ -27,7 +27,9 @@ def make(path: Path, size: int) -> bytes:
 def encrypt(tmp: Path, data_size: int) -> tuple[Path, bytes]:
     src = tmp / "plain.bin"
     data = make(src, data_size)
-    proc = run_cdev("crypt", "encrypt", str(src), *FAST, env=PASS)
+    # Suite 1 (CBC + HMAC) here, so that its files keep being written and read;
+    # tests/test_crypt_suite2.py runs the same attacks on suite 2 (GCM).
+    proc = run_cdev("crypt", "encrypt", str(src), *FAST, "--suite", "1", env=PASS)
     assert proc.returncode == 0, proc.stderr
     return tmp / "plain.bin.cdev", data
 

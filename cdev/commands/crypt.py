@@ -54,6 +54,12 @@ def _progress(input_name: str, label: str) -> Iterator[Callable[[int], None] | N
         yield lambda n: bar.advance(task, n)
 
 
+def _check_suite(suite: str) -> str:
+    if suite not in ("auto", "1", "2"):
+        raise UsageError(f"--suite must be auto, 1 or 2, got {suite!r}")
+    return suite
+
+
 def _default_output(input_name: str, encrypt: bool) -> str:
     if input_name == STDIO:
         return STDIO
@@ -77,6 +83,7 @@ def _run(
     key_hex: str | None,
     iv_hex: str | None,
     work_factor: int,
+    suite: str = "auto",
 ) -> None:
     out = output or _default_output(input_name, encrypt)
     check_output(out, input_name, force)
@@ -105,6 +112,7 @@ def _run(
                     key=key,
                     params=params,
                     progress=progress,
+                    suite=None if suite == "auto" else int(suite),
                 )
             else:
                 decrypt_stream(
@@ -152,6 +160,12 @@ def encrypt(
     cipher: str = CipherOpt,
     key_hex: str = KeyHexOpt,
     iv_hex: str = IvHexOpt,
+    suite: str = typer.Option(
+        "auto",
+        "--suite",
+        help="Cipher suite: 2 (AES-256-GCM), 1 (AES-256-CBC + HMAC-SHA256), or auto "
+        "(2 when the provider has AES-GCM, else 1). Decryption reads it from the file.",
+    ),
 ) -> None:
     """Encrypt INPUT to INPUT.cdev (or -o OUTPUT), authenticated.
 
@@ -170,6 +184,7 @@ def encrypt(
         key_hex,
         iv_hex,
         work_factor,
+        _check_suite(suite),
     )
 
 

@@ -57,7 +57,12 @@ def _selftest(g: Guest) -> tuple[bool, str]:
         return False, _last_line(res.stderr) or f"exit {res.status}"
     results = json.loads(res.stdout)["virtio"]
     passed = sum(r["ok"] for r in results)
-    return passed == len(results), f"{passed}/{len(results)} NIST/RFC vectors through the device"
+    failed = sum(r["status"] == "fail" for r in results)
+    # Algorithms the device does not offer are reported unsupported, not failed.
+    return failed == 0 and passed > 0, (
+        f"{passed}/{len(results)} NIST/RFC vectors through the device, "
+        f"{len(results) - passed - failed} unsupported, {failed} failed"
+    )
 
 
 def _files(g: Guest, size: int) -> tuple[bool, str]:
@@ -75,7 +80,11 @@ def _files(g: Guest, size: int) -> tuple[bool, str]:
     proc = _host("crypt", "decrypt", str(share / "g.cdev"), "-o", str(share / "h.bin"), "--force")
     if proc.returncode or (share / "h.bin").read_bytes() != data:
         return False, "host decrypt: " + _last_line(proc.stderr)
-    proc = _host("crypt", "encrypt", str(share / "h.bin"), "-o", str(share / "h.cdev"), "--force")
+    # Suite 1: the guest decrypts through the device, which may not offer AES-GCM.
+    proc = _host(
+        "crypt", "encrypt", str(share / "h.bin"), "-o", str(share / "h.cdev"), "--force",
+        "--suite", "1",
+    )  # fmt: skip
     if proc.returncode:
         return False, "host encrypt: " + _last_line(proc.stderr)
     res = g.run(

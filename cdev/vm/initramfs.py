@@ -36,7 +36,21 @@ GUEST_MODULES: tuple[str, ...] = (
     "overlay",
     "af_alg",
     "algif_skcipher",
-    "algif_hash",  # the afalg provider's HMAC
+    "algif_hash",  # the afalg provider's hashes and HMACs
+    "algif_aead",  # ... and its AES-GCM
+    # The algorithms of the provider table: the guest cannot autoload them (its modprobe
+    # would look in the host root it chroots into). Some are built in; those load nothing.
+    "ecb",
+    "ctr",
+    "xts",
+    "gcm",
+    "ghash-generic",
+    "des_generic",  # des3_ede
+    "md5",
+    "sha1_generic",
+    "sha256_generic",
+    "sha512_generic",  # sha384 and sha512
+    "hmac",
     "virtio_crypto",
 )
 

@@ -21,11 +21,15 @@ pytestmark = pytest.mark.vm
 PASS = {"CDEV_PASSPHRASE": "shared between guest and host"}
 
 
-def test_selftest_through_the_device_passes_every_vector(guest: Guest) -> None:
-    res = guest.run([CDEV, "session", "selftest", "--provider", "virtio", "--json"], timeout=300)
+def test_selftest_through_the_device_passes_every_vector_it_offers(guest: Guest) -> None:
+    res = guest.run([CDEV, "session", "selftest", "--provider", "virtio", "--json"], timeout=600)
     assert res.status == 0, res.stderr
     results = json.loads(res.stdout)["virtio"]
-    assert len(results) == 13 and all(r["ok"] for r in results), results
+    assert not [r for r in results if r["status"] == "fail"]
+    # The device has always done AES-CBC and one-shot HMAC-SHA256: those must pass.
+    for alg, ops in (("aes-cbc", 2 * 3), ("hmac-sha256", 7)):
+        passed = [r for r in results if r["algorithm"] == alg and r["status"] == "pass"]
+        assert len(passed) >= ops, (alg, [r for r in results if r["algorithm"] == alg])
 
 
 def test_session_info_reports_the_host_engine(guest: Guest) -> None:
@@ -60,9 +64,9 @@ def test_crypt_guest_virtio_and_host_software_interoperate(guest: Guest, size: i
     proc = run_cdev("crypt", "decrypt", str(share / "g.cdev"), "-o", str(out), "--force", env=PASS)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes() == data
-    # And the other way round.
+    # And the other way round (suite 1: the device may not offer AES-GCM).
     proc = run_cdev("crypt", "encrypt", str(out), "-o", str(share / "h.cdev"), "--force",
-                    "--work-factor", "10", env=PASS)  # fmt: skip
+                    "--work-factor", "10", "--suite", "1", env=PASS)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     res = guest.run(
         [CDEV, "crypt", "decrypt", str(share / "h.cdev"), "-o", str(share / "h.guest"),
@@ -77,7 +81,7 @@ def test_tampered_file_is_rejected_in_the_guest(guest: Guest) -> None:
     share = guest.shared_dir
     (share / "t.bin").write_bytes(os.urandom(200_000))
     proc = run_cdev("crypt", "encrypt", str(share / "t.bin"), "-o", str(share / "t.cdev"),
-                    "--force", "--work-factor", "10", env=PASS)  # fmt: skip
+                    "--force", "--work-factor", "10", "--suite", "1", env=PASS)  # fmt: skip
     assert proc.returncode == 0
     blob = bytearray((share / "t.cdev").read_bytes())
     blob[100_000] ^= 0x80

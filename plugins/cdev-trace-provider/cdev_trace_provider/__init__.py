@@ -49,6 +49,24 @@ class TraceSession(Session):
     def mac(self, data: bytes) -> bytes:
         return self._timed("mac", len(data), lambda: self._inner.mac(data))
 
+    def update(self, data: bytes) -> None:
+        def run() -> bytes:
+            self._inner.update(data)
+            return b""
+
+        self._timed("update", len(data), run)
+
+    def final(self) -> bytes:
+        return self._timed("final", 0, self._inner.final)
+
+    def aead_encrypt(self, iv: bytes, data: bytes, aad: bytes = b"") -> bytes:
+        n = len(data)
+        return self._timed("aead_encrypt", n, lambda: self._inner.aead_encrypt(iv, data, aad))
+
+    def aead_decrypt(self, iv: bytes, data: bytes, aad: bytes = b"") -> bytes:
+        n = len(data)
+        return self._timed("aead_decrypt", n, lambda: self._inner.aead_decrypt(iv, data, aad))
+
     def info(self) -> SessionInfo:
         return self._inner.info()
 

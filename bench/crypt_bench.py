@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""``cdev crypt`` (suite 2, AES-256-GCM STREAM) against age and against copying the file.
+
+Side by side in one run: ``cp``, ``age`` (X25519 recipient, ChaCha20-Poly1305 STREAM),
+``cdev crypt`` suite 2 and suite 1 with a key file, each encrypting and decrypting the
+same file, contenders interleaved and their order rotated on every repeat (the CPU is
+shared with other work: interleaving spreads the noise over everyone). Every output is
+checked (decryptions must give the input back). Peak RSS comes from GNU time.
+
+By default the files live in a fresh directory under /dev/shm: all reads and writes stay
+in the page cache (warm, no writeback), and cdev's own fsync of its output is free there,
+as it is not for the contenders on a disk.
+
+    .venv/bin/python bench/crypt_bench.py --size 1G --repeats 5 --markdown out.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GNU_TIME = "/usr/bin/time"
+CDEV = str(Path(sys.executable).with_name("cdev"))
+
+
+@dataclass
+class Run:
+    wall: float
+    user: float
+    sys: float
+    rss_kib: int
+
+
+@dataclass
+class Contender:
+    label: str
+    argv: Callable[[Path], list[str]]
+    output: str  # file name in the work dir
+    check: str  # "input": output equals the input; "" nothing to compare
+    runs: list[Run] = field(default_factory=list)
+
+
+def measured(argv: list[str]) -> Run:
+    with tempfile.NamedTemporaryFile("w+") as stats:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [GNU_TIME, "-f", "%M %U %S", "-o", stats.name, *argv],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+        )
+        wall = time.perf_counter() - t0
+        if proc.returncode:
+            raise SystemExit(f"{' '.join(argv)} failed: {proc.stderr.decode(errors='replace')}")
+        rss, user, sys_ = stats.read().split()[-3:]
+    return Run(wall, float(user), float(sys_), int(rss))
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if text[-1:].upper() in units:
+        return int(float(text[:-1]) * units[text[-1].upper()])
+    return int(text)
+
+
+def conditions(work: Path) -> dict[str, str]:
+    cpu = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True)
+    age = subprocess.run(["age", "--version"], capture_output=True, text=True).stdout.strip()
+    from cryptography.hazmat.backends.openssl.backend import backend
+
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "openssl": backend.openssl_version_text(),
+        "age": age,
+        "filesystem": f"{work} ({fs.stdout.strip()})",
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="1G", help="input size (K/M/G suffixes), default 1G")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--dir", default="/dev/shm", help="where the work directory is made")
+    ap.add_argument("--markdown", help="append the result table to this file")
+    ap.add_argument("--json", help="write all runs as JSON to this file")
+    args = ap.parse_args()
+    for tool in ("age", "age-keygen", GNU_TIME, "cp"):
+        if not shutil.which(tool):
+            raise SystemExit(f"crypt_bench: {tool} is missing (scripts/bootstrap installs it)")
+    size = parse_size(args.size)
+    work = Path(tempfile.mkdtemp(prefix="cdev-crypt-bench-", dir=args.dir))
+    try:
+        run_bench(work, size, args.repeats, args.markdown, args.json)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_bench(work: Path, size: int, repeats: int, md_path: str | None, js: str | None) -> None:
+    cond = conditions(work)
+    plain = work / "input.bin"
+    with open(plain, "wb") as f:
+        left = size
+        while left:
+            block = os.urandom(min(left, 4 << 20))
+            f.write(block)
+            left -= len(block)
+    digest = sha256(plain)
+    key = work / "key"
+    key.write_text(os.urandom(32).hex() + "\n")
+    ident = work / "age-identity.txt"
+    subprocess.run(["age-keygen", "-o", str(ident)], check=True, capture_output=True)
+    recipient = subprocess.run(
+        ["age-keygen", "-y", str(ident)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+    def cdev(*a: str) -> Callable[[Path], list[str]]:
+        return lambda w: [CDEV, "crypt", *a, "--key-file", str(w / "key"), "--force"]
+
+    enc = [
+        Contender("cp", lambda w: ["cp", str(w / "input.bin"), str(w / "cp.out")], "cp.out",
+                  "input"),
+        Contender("age encrypt", lambda w: ["age", "-r", recipient, "-o", str(w / "age.age"),
+                                            str(w / "input.bin")], "age.age", ""),
+        Contender("cdev encrypt (suite 2)", lambda w: cdev("encrypt", str(w / "input.bin"), "-o",
+                                                           str(w / "s2.cdev"))(w), "s2.cdev", ""),
+        Contender("cdev encrypt (suite 1)", lambda w: cdev("encrypt", str(w / "input.bin"), "-o",
+                                                           str(w / "s1.cdev"), "--suite", "1")(w),
+                  "s1.cdev", ""),
+    ]  # fmt: skip
+    dec = [
+        Contender("age decrypt", lambda w: ["age", "-d", "-i", str(ident), "-o",
+                                            str(w / "age.out"), str(w / "age.age")], "age.out",
+                  "input"),
+        Contender("cdev decrypt (suite 2)", lambda w: cdev("decrypt", str(w / "s2.cdev"), "-o",
+                                                           str(w / "s2.out"))(w), "s2.out",
+                  "input"),
+        Contender("cdev decrypt (suite 1)", lambda w: cdev("decrypt", str(w / "s1.cdev"), "-o",
+                                                           str(w / "s1.out"))(w), "s1.out",
+                  "input"),
+    ]  # fmt: skip
+    everyone = enc + dec
+    print(json.dumps(cond, indent=2), file=sys.stderr)
+    for r in range(repeats):
+        # Encryptions first (decryptions need their output), each group rotated per repeat.
+        for group in (enc, dec):
+            shift = r % len(group)
+            for c in group[shift:] + group[:shift]:
+                run = measured(c.argv(work))
+                c.runs.append(run)
+                if c.check == "input" and sha256(work / c.output) != digest:
+                    raise SystemExit(f"crypt_bench: {c.label} did not give the input back")
+                print(f"repeat {r + 1}/{repeats}: {c.label:24} {run.wall:6.2f} s "
+                      f"user {run.user:5.2f} sys {run.sys:5.2f} rss {run.rss_kib / 1024:6.1f} MiB",
+                      file=sys.stderr)  # fmt: skip
+    cond["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    table = report(cond, everyone, size, repeats)
+    print(table)
+    if md_path:
+        with open(md_path, "a") as out:
+            out.write(table + "\n")
+    if js:
+        Path(js).write_text(
+            json.dumps(
+                {"conditions": cond, "size": size,
+                 "runs": {c.label: [r.__dict__ for r in c.runs] for c in everyone}},
+                indent=2,
+            )
+        )  # fmt: skip
+
+
+def report(cond: dict[str, str], everyone: list[Contender], size: int, repeats: int) -> str:
+    by = {c.label: c for c in everyone}
+    lines = [f"### {size / (1 << 30):g} GiB, {repeats} interleaved repeats", ""]
+    lines += [f"- {k}: {v}" for k, v in cond.items()]
+    lines += [
+        "",
+        "| contender | median s | min-max s | MB/s (median) | user+sys s (median) | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for c in everyone:
+        walls = [r.wall for r in c.runs]
+        med = statistics.median(walls)
+        cpu = statistics.median(r.user + r.sys for r in c.runs)
+        rss = max(r.rss_kib for r in c.runs) / 1024
+        lines.append(
+            f"| {c.label} | {med:.2f} | {min(walls):.2f}-{max(walls):.2f} | "
+            f"{size / med / 1e6:.0f} | {cpu:.2f} | {rss:.1f} |"
+        )
+
+    def ratios(a: str, b: str) -> list[float]:
+        # Per repeat: runs of the same repeat were close in time, so compare them pairwise.
+        return [x.wall / y.wall for x, y in zip(by[a].runs, by[b].runs, strict=True)]
+
+    def fmt(values: list[float]) -> str:
+        return f"median {statistics.median(values):.2f} (range {min(values):.2f}-{max(values):.2f})"
+
+    lines += [
+        "",
+        "Pairwise per repeat (same repeat, so under the same load):",
+        "",
+        "- suite 2 encrypt throughput ÷ age's: "
+        + fmt(ratios("age encrypt", "cdev encrypt (suite 2)")),
+        "- suite 2 decrypt throughput ÷ age's: "
+        + fmt(ratios("age decrypt", "cdev decrypt (suite 2)")),
+        "- suite 2 encrypt time ÷ cp's: " + fmt(ratios("cdev encrypt (suite 2)", "cp")),
+        "- suite 2 decrypt time ÷ cp's: " + fmt(ratios("cdev decrypt (suite 2)", "cp")),
+        "- suite 2 encrypt throughput ÷ suite 1's: "
+        + fmt(ratios("cdev encrypt (suite 1)", "cdev encrypt (suite 2)")),
+        "- suite 2 decrypt throughput ÷ suite 1's: "
+        + fmt(ratios("cdev decrypt (suite 1)", "cdev decrypt (suite 2)")),
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
