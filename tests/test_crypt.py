@@ -51,7 +51,7 @@ def test_round_trip_sizes(tmp_path: Path, size: int) -> None:
 def test_default_names_and_no_overwrite(tmp_path: Path) -> None:
     enc, data = encrypt(tmp_path, 1000)
     proc = run_cdev("crypt", "decrypt", str(enc), env=PASS)
-    line = assert_one_line_error(proc, 1)
+    line = assert_one_line_error(proc, 2)  # a usage error, as the README's table says
     assert "already exists" in line and "--force" in line
     proc = run_cdev("crypt", "decrypt", str(enc), "--force", env=PASS)
     assert proc.returncode == 0
@@ -62,7 +62,7 @@ def test_never_writes_over_its_input(tmp_path: Path) -> None:
     enc, _ = encrypt(tmp_path, 100)
     before = enc.read_bytes()
     proc = run_cdev("crypt", "decrypt", str(enc), "-o", str(enc), "--force", env=PASS)
-    assert "over the input" in assert_one_line_error(proc, 1)
+    assert "over the input" in assert_one_line_error(proc, 2)
     assert enc.read_bytes() == before
 
 
