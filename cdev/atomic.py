@@ -152,10 +152,15 @@ def _write_through(output: str) -> Iterator[BinaryIO]:
     if not _streams(os.fstat(fd).st_mode):  # replaced since check_output looked
         os.close(fd)
         raise UsageError(f"output {output} changed while cdev was starting; try again")
-    with os.fdopen(fd, "wb") as f:
+    f = os.fdopen(fd, "wb")
+    try:
         out = _guard(f, "write", output)
         yield out
         out.flush()
+    finally:
+        # After a failed write the buffer cannot be flushed either: the error is reported.
+        with contextlib.suppress(OSError):
+            f.close()
 
 
 @contextlib.contextmanager
@@ -188,6 +193,8 @@ def atomic_output(output: str) -> Iterator[BinaryIO]:
         raise _describe(exc, "create", output) from None
     f = os.fdopen(fd, "wb")
     try:
+        if mode is not None:  # the replaced file keeps its permissions (new ones get 0600)
+            os.fchmod(fd, stat.S_IMODE(mode))
         yield _guard(f, "write", output)
         try:
             f.flush()

@@ -6,7 +6,6 @@ import os
 import pty
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -210,18 +209,6 @@ def test_unsupported_version(tmp_path: Path) -> None:
     blob[8] = 9
     enc.write_bytes(blob)
     decrypt_fails(tmp_path, enc, "unsupported file version 9")
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs: a real full disk (needs root, which CI and the dev machines are)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_full_disk_leaves_nothing_behind(tmp_path: Path, tiny_fs: Path) -> None:
