@@ -24,7 +24,7 @@ MAX_PASSPHRASE_FILE = 64 * 1024
 # the default below needs. Work is N * r * p block mixes: at most 10x the default's (~14 s
 # here where the default takes ~1.4 s). OpenSSL adds 128 * r * (p + 2) bytes of buffers.
 MIN_LOG_N = 10
-MAX_LOG_N = 21  # with r = 1, 2**21 * 128 bytes is the memory cap
+MAX_LOG_N = 20  # with r = 2, 2**20 * 256 bytes is the memory cap (r = 1 needs N < 2**16)
 MAX_SCRYPT_MEMORY = 256 << 20
 MAX_WORK_FACTOR = 10
 
@@ -48,6 +48,7 @@ class ScryptParams:
     def check(self) -> None:
         """Bound parameters read from untrusted input (files, peers) before using them."""
         ok = MIN_LOG_N <= self.log_n <= MAX_LOG_N and self.r >= 1 and self.p >= 1
+        ok = ok and self.log_n < 16 * self.r  # scrypt itself requires N < 2**(16 r)
         if not ok or self.memory > MAX_SCRYPT_MEMORY or self.work > MAX_SCRYPT_WORK:
             raise CdevError(
                 f"scrypt parameters out of range (log2 N={self.log_n}, r={self.r}, p={self.p}): "
@@ -62,7 +63,13 @@ MAX_SCRYPT_WORK = MAX_WORK_FACTOR * ScryptParams().work
 def scrypt(passphrase: bytes, salt: bytes, params: ScryptParams, length: int = 32) -> bytes:
     params.check()
     kdf = Scrypt(salt=salt, length=length, n=1 << params.log_n, r=params.r, p=params.p)
-    return kdf.derive(passphrase)
+    try:
+        return kdf.derive(passphrase)
+    except MemoryError:  # what cryptography raises for any failure inside OpenSSL's scrypt
+        raise CdevError(
+            f"scrypt could not run with log2 N={params.log_n}, r={params.r}, p={params.p} "
+            f"({params.memory >> 20} MiB): not enough memory"
+        ) from None
 
 
 def hkdf(key: bytes, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from cdev.errors import CdevError
 from cdev.fileformat import HEADER_LEN, MAGIC
-from cdev.keys import MAX_SCRYPT_MEMORY, MAX_SCRYPT_WORK, ScryptParams
+from cdev.keys import MAX_SCRYPT_MEMORY, MAX_SCRYPT_WORK, ScryptParams, scrypt
 from tests.cli_helpers import CDEV, assert_one_line_error
 
 MiB = 1 << 20
@@ -51,16 +51,33 @@ def test_default_cost_is_at_least_ages() -> None:
 
 @pytest.mark.parametrize(
     ("log_n", "r", "p"),
-    [(20, 32, 16), (19, 8, 1), (18, 9, 1), (18, 8, 11), (22, 1, 1), (10, 255, 255), (18, 0, 1)],
+    [
+        (20, 32, 16),
+        (19, 8, 1),
+        (18, 9, 1),
+        (18, 8, 11),
+        (21, 1, 1),
+        (16, 1, 1),
+        (10, 255, 255),
+        (18, 0, 1),
+    ],
 )
 def test_params_beyond_the_bound_are_refused(log_n: int, r: int, p: int) -> None:
     with pytest.raises(CdevError, match="out of range"):
         ScryptParams(log_n, r, p).check()
 
 
-@pytest.mark.parametrize(("log_n", "r", "p"), [(18, 8, 10), (21, 1, 10), (10, 1, 1)])
+@pytest.mark.parametrize(
+    ("log_n", "r", "p"), [(18, 8, 10), (20, 2, 10), (19, 4, 10), (15, 1, 1), (10, 1, 1)]
+)
 def test_params_at_the_bound_are_accepted(log_n: int, r: int, p: int) -> None:
     ScryptParams(log_n, r, p).check()
+
+
+@pytest.mark.parametrize(("log_n", "r", "p"), [(15, 1, 1), (16, 2, 1), (12, 1, 10)])
+def test_accepted_params_really_run(log_n: int, r: int, p: int) -> None:
+    # OpenSSL refuses N >= 2**(16 r): such a header must be refused by the bound instead.
+    assert len(scrypt(b"pw", b"salt" * 4, ScryptParams(log_n, r, p))) == 32
 
 
 @given(st.integers(0, 255), st.integers(0, 255), st.integers(0, 255))
@@ -70,6 +87,7 @@ def test_every_accepted_header_value_is_within_the_bound(log_n: int, r: int, p: 
         params.check()
     except CdevError:
         return
+    assert params.log_n < 16 * params.r  # else OpenSSL's scrypt would fail
     assert params.memory <= MAX_SCRYPT_MEMORY == 256 * MiB
     assert params.work <= MAX_SCRYPT_WORK == 10 * ScryptParams().work
 
