@@ -22,7 +22,7 @@ MAX_PASSPHRASE_FILE = 64 * 1024
 # Limits on scrypt costs read from untrusted input (file headers, chat peers), checked before
 # scrypt runs. Memory is scrypt's V array, 128 * r * N bytes: at most 256 MiB, which is what
 # the default below needs. Work is N * r * p block mixes: at most 10x the default's (~14 s
-# here where the default takes ~1.4 s). OpenSSL adds 128 * r * (p + 2) bytes of buffers.
+# here where the default takes ~1.4 s). OpenSSL adds 128 * r * (p + 2) bytes (<= 3 MiB).
 MIN_LOG_N = 10
 MAX_LOG_N = 20  # with r = 2, 2**20 * 256 bytes is the memory cap (r = 1 needs N < 2**16)
 MAX_SCRYPT_MEMORY = 256 << 20
