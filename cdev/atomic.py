@@ -52,6 +52,8 @@ def _streams(mode: int) -> bool:
 @contextlib.contextmanager
 def open_input(name: str) -> Iterator[BinaryIO]:
     if name == STDIO:
+        if sys.stdin is None:  # started with descriptor 0 closed
+            raise CdevError("cannot read standard input: it is closed")
         yield _guard(sys.stdin.buffer, "read", "standard input")
         return
     try:
@@ -171,6 +173,8 @@ def atomic_output(output: str) -> Iterator[BinaryIO]:
     back: callers document that. Call :func:`check_output` first.
     """
     if output == STDIO:
+        if sys.stdout is None:  # started with descriptor 1 closed
+            raise CdevError(f"cannot write {STDOUT_NAME}: it is closed")
         out = _guard(sys.stdout.buffer, "write", STDOUT_NAME, _discard_stdout)
         yield out
         out.flush()

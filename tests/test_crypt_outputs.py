@@ -177,3 +177,21 @@ def test_stdout_closed_pipe(tmp_path: Path, plain: Path, command: str) -> None:
     proc.wait(timeout=60)
     done = subprocess.CompletedProcess(proc.args, proc.returncode, b"", err)
     assert "the reader closed the pipe" in assert_one_line_error(done, 1)
+
+
+@pytest.mark.parametrize(
+    ("redirect", "words"),
+    [("<&-", "cannot read standard input"), (">&-", "cannot write standard output")],
+)
+def test_closed_standard_descriptors(redirect: str, words: str) -> None:
+    # sh closes the descriptor, then becomes cdev: Python starts with it missing.
+    script = f'exec "$0" crypt encrypt - -o - {" ".join(FAST)} {redirect}'
+    proc = subprocess.run(
+        ["sh", "-c", script, CDEV],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **PASS},
+        check=False,
+    )
+    assert words in assert_one_line_error(proc, 1)
