@@ -22,7 +22,7 @@ from cdev.fileformat import CHUNK, HEADER_LEN, MAGIC, RECORD, encrypt_stream
 from tests.fuzz_fileformat import KEY, _provider, decrypt, seeds
 
 ROOT = Path(__file__).resolve().parents[1]
-CI_EXAMPLES = int(os.environ.get("CDEV_FUZZ_EXAMPLES", "400"))
+CI_EXAMPLES = int(os.environ.get("CDEV_FUZZ_EXAMPLES", "1000"))
 FUZZ = settings(
     max_examples=CI_EXAMPLES,
     deadline=None,
