@@ -219,12 +219,12 @@ def discover() -> tuple[dict[str, EntryPoint], dict[str, list[str]]]:
         if first is None:
             chosen[ep.name] = ep
             continue
-        if first.value == ep.value:
-            continue
         keep, drop = first, ep
         if _dist_name(ep) == BUILTIN_DIST and _dist_name(first) != BUILTIN_DIST:
             keep, drop = ep, first
         chosen[ep.name] = keep
+        if first.value == ep.value:
+            continue  # e.g. metadata left by the old distribution name "cdev": same code
         clashes.setdefault(ep.name, []).append(
             f"plugin name {ep.name!r} is claimed by two distributions: loading "
             f"{_describe_dist(keep)}, ignoring {_describe_dist(drop)}; uninstall one of them"

@@ -105,6 +105,19 @@ def test_two_distributions_with_one_plugin_name_are_reported(tmp_path: Path) -> 
         assert proc.returncode == 0 and b"claimed by two distributions" in proc.stderr
 
 
+def test_stale_metadata_for_the_same_module_is_one_plugin(tmp_path: Path) -> None:
+    # What a venv keeps from before the rename to cdev-toolkit: a "cdev" distribution
+    # listing the same built-in modules. Same code, so no clash, and still built-in.
+    info = tmp_path / "cdev-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cdev\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[cdev]\nsoftware = cdev_plugins.software\n")
+    proc = run_cdev("plugins", "--json", env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0 and proc.stderr == b""
+    rows = {p["name"]: p for p in json.loads(proc.stdout)}
+    assert rows["software"]["origin"] == "built-in"
+
+
 def test_a_third_party_plugin_cannot_take_a_builtin_name(tmp_path: Path) -> None:
     make_dist(tmp_path, "impostor", "impostor", provider_plugin("evil"), plugin="software")
     proc = run_cdev("plugins", "--json", env={"PYTHONPATH": str(tmp_path)})
