@@ -29,6 +29,8 @@ from typing import BinaryIO
 from cdev import stream_gcm
 from cdev.errors import CdevError, IntegrityError, UnavailableError
 from cdev.keys import ScryptParams, hkdf, scrypt
+from cdev.pkcs7 import PaddingError, unpad
+from cdev.pkcs7 import pad as _pad
 from cdev.provider import (
     AES_BLOCK,
     AES_CBC,
@@ -38,6 +40,7 @@ from cdev.provider import (
     Provider,
     Session,
 )
+from cdev.streamio import read_full as _read_full
 
 MAGIC = b"cdev-enc"
 VERSION = 1
@@ -115,23 +118,6 @@ def _header_tag(mac: Session, body: bytes) -> bytes:
 
 def _chunk_tag(mac: Session, index: int, last: bool, iv: bytes, ct: bytes) -> bytes:
     return mac.mac(b"".join((struct.pack(">QB", index, last), iv, ct)))
-
-
-def _pad(data: bytes) -> bytes:
-    n = AES_BLOCK - len(data) % AES_BLOCK
-    return data + bytes([n]) * n
-
-
-def _read_full(f: BinaryIO, n: int) -> bytes:
-    """Read up to ``n`` bytes, fewer only at end of file (pipes return short reads)."""
-    parts, left = [], n
-    while left:
-        b = f.read(left)
-        if not b:
-            break
-        parts.append(b)
-        left -= len(b)
-    return b"".join(parts)
 
 
 def _open_sessions(provider: Provider, keys: Keys) -> tuple[Session, Session]:
@@ -326,13 +312,15 @@ def decrypt_stream(
     key: bytes | None = None,
     progress: Progress | None = None,
     threads: int | None = None,
+    header_read: tuple[Header, bytes, bytes] | None = None,
 ) -> int:
     """Decrypt ``src`` to ``dst``, writing each chunk only once its MAC verified.
 
     Raises :class:`IntegrityError` on a wrong key or any modification; the caller discards
-    what was written (output is atomic for files).
+    what was written (output is atomic for files). ``header_read`` is what
+    :func:`read_header` returned, for callers that looked at the header first.
     """
-    header, body, tag = read_header(src)
+    header, body, tag = header_read or read_header(src)
     keys = derive_keys(header, passphrase, key)
     if header.suite == SUITE_AES256GCM:
         with _gcm_header_session(provider, keys) as hs:
@@ -358,12 +346,12 @@ def decrypt_stream(
             )
         pt = cipher.decrypt(ct, iv)
         if last:
-            n = pt[-1]
             # The MAC already vouched for these bytes, so bad padding means a bug or a
             # forged file under the right key: refuse it all the same.
-            if not 1 <= n <= AES_BLOCK or pt[-n:] != bytes([n]) * n:
-                raise IntegrityError(f"chunk {index} has invalid padding")
-            pt = pt[:-n]
+            try:
+                pt = unpad(pt)
+            except PaddingError:
+                raise IntegrityError(f"chunk {index} has invalid padding") from None
         return pt
 
     total = 0

@@ -19,24 +19,57 @@ PASSPHRASE_ENV = "CDEV_PASSPHRASE"
 MAX_PASSPHRASE_FILE = 64 * 1024
 
 
+# Limits on scrypt costs read from untrusted input (file headers, chat peers), checked before
+# scrypt runs. Memory is scrypt's V array, 128 * r * N bytes: at most 256 MiB, which is what
+# the default below needs. Work is N * r * p block mixes: at most 10x the default's (~14 s
+# here where the default takes ~1.4 s). OpenSSL adds 128 * r * (p + 2) bytes (<= 3 MiB).
+MIN_LOG_N = 10
+MAX_LOG_N = 20  # with r = 2, 2**20 * 256 bytes is the memory cap (r = 1 needs N < 2**16)
+MAX_SCRYPT_MEMORY = 256 << 20
+MAX_WORK_FACTOR = 10
+
+
 @dataclass(frozen=True)
 class ScryptParams:
-    log_n: int = 15  # N = 2**15: ~0.15 s here; interactive-grade, as age's default class
+    log_n: int = 18  # N = 2**18, r = 8: age's default; ~1.4 s and 256 MiB here
     r: int = 8
     p: int = 1
 
+    @property
+    def memory(self) -> int:
+        """Bytes of scrypt's main array (128 * r * N), the allocation that counts."""
+        return 128 * self.r << self.log_n
+
+    @property
+    def work(self) -> int:
+        """Block mixes scrypt runs (N * r * p): its time is proportional to this."""
+        return self.r * self.p << self.log_n
+
     def check(self) -> None:
         """Bound parameters read from untrusted input (files, peers) before using them."""
-        if not (10 <= self.log_n <= 20) or not (1 <= self.r <= 32) or not (1 <= self.p <= 16):
+        ok = MIN_LOG_N <= self.log_n <= MAX_LOG_N and self.r >= 1 and self.p >= 1
+        ok = ok and self.log_n < 16 * self.r  # scrypt itself requires N < 2**(16 r)
+        if not ok or self.memory > MAX_SCRYPT_MEMORY or self.work > MAX_SCRYPT_WORK:
             raise CdevError(
-                f"scrypt parameters out of range (log2 N={self.log_n}, r={self.r}, p={self.p})"
+                f"scrypt parameters out of range (log2 N={self.log_n}, r={self.r}, p={self.p}): "
+                f"cdev allows at most {MAX_SCRYPT_MEMORY >> 20} MiB of memory and "
+                f"{MAX_WORK_FACTOR}x the default work"
             )
+
+
+MAX_SCRYPT_WORK = MAX_WORK_FACTOR * ScryptParams().work
 
 
 def scrypt(passphrase: bytes, salt: bytes, params: ScryptParams, length: int = 32) -> bytes:
     params.check()
     kdf = Scrypt(salt=salt, length=length, n=1 << params.log_n, r=params.r, p=params.p)
-    return kdf.derive(passphrase)
+    try:
+        return kdf.derive(passphrase)
+    except MemoryError:  # what cryptography raises for any failure inside OpenSSL's scrypt
+        raise CdevError(
+            f"scrypt could not run with log2 N={params.log_n}, r={params.r}, p={params.p} "
+            f"({params.memory >> 20} MiB): not enough memory"
+        ) from None
 
 
 def hkdf(key: bytes, info: bytes, length: int = 32, salt: bytes | None = None) -> bytes:

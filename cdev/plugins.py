@@ -29,7 +29,9 @@ from cdev.transport import Transport, TransportEntry
 ENTRY_POINT_GROUP = "cdev"
 LOAD_ENV = "CDEV_LOAD_PLUGINS"
 BLOCK_ENV = "CDEV_BLOCK_PLUGINS"
-BUILTIN_DIST = "cdev"
+# The distribution that ships cdev and its built-in plugins. ``cdev`` on the package index
+# is an unrelated project: the command is ``cdev``, the distribution is not.
+BUILTIN_DIST = "cdev-toolkit"
 
 
 @dataclass
@@ -183,6 +185,10 @@ def _command_names(app: Any) -> set[str]:
     return names
 
 
+def _dist_name(ep: EntryPoint) -> str | None:
+    return ep.dist.metadata["Name"] if ep.dist is not None else None
+
+
 def _origin(ep: EntryPoint) -> tuple[str, str]:
     dist = ep.dist
     if dist is None:
@@ -190,6 +196,40 @@ def _origin(ep: EntryPoint) -> tuple[str, str]:
     name = dist.metadata["Name"] or "?"
     origin = "built-in" if name == BUILTIN_DIST else f"distribution {name}"
     return origin, dist.version
+
+
+def _describe_dist(ep: EntryPoint) -> str:
+    if ep.dist is None:
+        return f"{ep.value} (unknown distribution)"
+    where = ep.dist.locate_file("")
+    return f"{_dist_name(ep)} {ep.dist.version} ({ep.value}, in {where})"
+
+
+def discover() -> tuple[dict[str, EntryPoint], dict[str, list[str]]]:
+    """Entry points by plugin name, and messages for the names that two distributions claim.
+
+    Of two that clash, the built-in wins, else the one earlier on ``sys.path`` (the one
+    Python itself would import first). The same target listed twice (stale metadata of one
+    package) is one plugin, not a clash.
+    """
+    chosen: dict[str, EntryPoint] = {}
+    clashes: dict[str, list[str]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        first = chosen.get(ep.name)
+        if first is None:
+            chosen[ep.name] = ep
+            continue
+        keep, drop = first, ep
+        if _dist_name(ep) == BUILTIN_DIST and _dist_name(first) != BUILTIN_DIST:
+            keep, drop = ep, first
+        chosen[ep.name] = keep
+        if first.value == ep.value:
+            continue  # e.g. metadata left by the old distribution name "cdev": same code
+        clashes.setdefault(ep.name, []).append(
+            f"plugin name {ep.name!r} is claimed by two distributions: loading "
+            f"{_describe_dist(keep)}, ignoring {_describe_dist(drop)}; uninstall one of them"
+        )
+    return chosen, clashes
 
 
 def select(
@@ -210,8 +250,12 @@ def load_registry(load: str | None = None, block: str | None = None) -> Registry
     load_set = _names(load if load is not None else os.environ.get(LOAD_ENV))
     block_set = _names(block if block is not None else os.environ.get(BLOCK_ENV))
     registry = Registry()
-    eps = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    eps, clashes = discover()
     chosen, _ = select(sorted(eps), load_set, block_set)
+    for name in chosen:  # a blocked name's clash does not matter
+        for message in clashes.get(name, []):
+            registry.problems.append(message)
+            _warn(message)
     if load_set:
         for missing in sorted(load_set - set(eps)):
             _warn(f"plugin {missing!r} named in {LOAD_ENV} / --load-plugins is not installed")

@@ -11,7 +11,9 @@ from typing import BinaryIO
 
 from cdev.errors import CdevError, UsageError
 from cdev.fileformat import Progress
+from cdev.pkcs7 import PaddingError, pad, unpad
 from cdev.provider import AES_BLOCK, AES_CBC, Provider
+from cdev.streamio import read_full
 
 STEP = 64 * 1024
 RAW_CIPHERS = {"aes-128-cbc": 16, "aes-192-cbc": 24, "aes-256-cbc": 32}
@@ -31,17 +33,6 @@ def raw_params(cipher: str, key_hex: str | None, iv_hex: str | None) -> tuple[by
     return parse_hex("key", key_hex, RAW_CIPHERS[cipher]), parse_hex("iv", iv_hex, AES_BLOCK)
 
 
-def _read_block(src: BinaryIO, n: int) -> bytes:
-    parts, left = [], n
-    while left:
-        b = src.read(left)
-        if not b:
-            break
-        parts.append(b)
-        left -= len(b)
-    return b"".join(parts)
-
-
 def encrypt_raw(
     src: BinaryIO,
     dst: BinaryIO,
@@ -53,13 +44,12 @@ def encrypt_raw(
     total = 0
     with provider.open_session(cipher=AES_CBC, key=key) as s:
         while True:
-            data = _read_block(src, STEP)
+            data = read_full(src, STEP)
             total += len(data)
             if progress:
                 progress(len(data))
             if len(data) < STEP:
-                n = AES_BLOCK - len(data) % AES_BLOCK
-                dst.write(s.encrypt(data + bytes([n]) * n, iv))
+                dst.write(s.encrypt(pad(data), iv))
                 return total
             ct = s.encrypt(data, iv)
             iv = ct[-AES_BLOCK:]
@@ -76,9 +66,9 @@ def decrypt_raw(
 ) -> int:
     total = 0
     with provider.open_session(cipher=AES_CBC, key=key) as s:
-        data = _read_block(src, STEP)
+        data = read_full(src, STEP)
         while True:
-            nxt = _read_block(src, STEP) if len(data) == STEP else b""
+            nxt = read_full(src, STEP) if len(data) == STEP else b""
             if progress:
                 progress(len(data))
             if len(data) % AES_BLOCK or (not nxt and not data):
@@ -86,11 +76,14 @@ def decrypt_raw(
             pt = s.decrypt(data, iv)
             iv = data[-AES_BLOCK:]
             if not nxt:
-                n = pt[-1]
-                if not 1 <= n <= AES_BLOCK or pt[-n:] != bytes([n]) * n:
-                    raise CdevError("bad decrypt: wrong key or IV, or corrupt input (bad padding)")
-                dst.write(pt[:-n])
-                return total + len(pt) - n
+                try:
+                    last = unpad(pt)
+                except PaddingError:
+                    raise CdevError(
+                        "bad decrypt: wrong key or IV, or corrupt input (bad padding)"
+                    ) from None
+                dst.write(last)
+                return total + len(last)
             dst.write(pt)
             total += len(pt)
             data = nxt

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -58,13 +61,71 @@ def test_block_plugins_by_env_and_option() -> None:
     assert "unknown provider 'software'" in assert_one_line_error(proc, 2)
 
 
-def make_dist(site: Path, dist: str, module: str, source: str) -> None:
+def make_dist(site: Path, dist: str, module: str, source: str, plugin: str | None = None) -> None:
     """A minimal installed distribution with a ``cdev`` entry point, as pip would leave it."""
     (site / f"{module}.py").write_text(source)
     info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[cdev]\n{dist} = {module}\n")
+    (info / "entry_points.txt").write_text(f"[cdev]\n{plugin or dist} = {module}\n")
+
+
+def provider_plugin(provider: str) -> str:
+    return (
+        "from cdev.hookspecs import hookimpl\n"
+        "from cdev_plugins.software import SoftwareProvider\n"
+        "@hookimpl\n"
+        "def cdev_register_providers(register):\n"
+        f"    register({provider!r}, 'test', lambda arg: SoftwareProvider())\n"
+    )
+
+
+def test_two_distributions_with_one_plugin_name_are_reported(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    make_dist(first, "dup-one", "dup_one", provider_plugin("from-one"), plugin="dup")
+    make_dist(second, "dup-two", "dup_two", provider_plugin("from-two"), plugin="dup")
+    for order, kept, dropped in ((first, second), "one", "two"), ((second, first), "two", "one"):
+        env = {"PYTHONPATH": os.pathsep.join(map(str, order))}
+        proc = run_cdev("plugins", "--json", env=env)
+        assert proc.returncode == 0, proc.stderr
+        err = proc.stderr.decode()
+        assert err.count("cdev: warning:") == 1, err
+        assert "plugin name 'dup' is claimed by two distributions" in err
+        assert f"loading dup-{kept} 1.0 (dup_{kept}" in err
+        assert f"ignoring dup-{dropped} 1.0 (dup_{dropped}" in err
+        rows = {p["name"]: p for p in json.loads(proc.stdout)}
+        assert rows["dup"]["origin"] == f"distribution dup-{kept}"
+        assert rows["dup"]["providers"] == [f"from-{kept}"]
+        # Blocking the name silences the clash; other commands report it too.
+        proc = run_cdev("plugins", env={**env, "CDEV_BLOCK_PLUGINS": "dup"})
+        assert proc.returncode == 0 and b"warning" not in proc.stderr
+        proc = run_cdev("session", "selftest", "--provider", f"from-{kept}", env=env)
+        assert proc.returncode == 0 and b"claimed by two distributions" in proc.stderr
+
+
+def test_stale_metadata_for_the_same_module_is_one_plugin(tmp_path: Path) -> None:
+    # What a venv keeps from before the rename to cdev-toolkit: a "cdev" distribution
+    # listing the same built-in modules. Same code, so no clash, and still built-in.
+    info = tmp_path / "cdev-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cdev\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[cdev]\nsoftware = cdev_plugins.software\n")
+    proc = run_cdev("plugins", "--json", env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0 and proc.stderr == b""
+    rows = {p["name"]: p for p in json.loads(proc.stdout)}
+    assert rows["software"]["origin"] == "built-in"
+
+
+def test_a_third_party_plugin_cannot_take_a_builtin_name(tmp_path: Path) -> None:
+    make_dist(tmp_path, "impostor", "impostor", provider_plugin("evil"), plugin="software")
+    proc = run_cdev("plugins", "--json", env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0
+    assert b"ignoring impostor 1.0" in proc.stderr
+    rows = {p["name"]: p for p in json.loads(proc.stdout)}
+    assert rows["software"]["origin"] == "built-in"
+    assert rows["software"]["providers"] == ["software"]
 
 
 def test_broken_plugins_are_reported_and_everything_else_works(tmp_path: Path) -> None:
@@ -148,6 +209,62 @@ def test_example_plugin_works_in_crypt(example_site: Path, tmp_path: Path) -> No
     proc = run_cdev("crypt", "decrypt", str(src) + ".cdev", "-o", str(out), env=env)
     assert proc.returncode == 0 and out.read_bytes() == src.read_bytes()
     proc = run_cdev("session", "selftest", "--provider", "trace", env=env)
+    assert proc.returncode == 0
+
+
+RUNTIME_DEPS = ["setuptools", "typer", "pluggy", "rich", "cryptography"]
+
+
+def _copy_sources(dst: Path) -> Path:
+    """What building the distribution needs, away from the work tree (no build/ left there)."""
+    dst.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dst / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    shutil.copytree(ROOT / "cdev", dst / "cdev", ignore=ignore)
+    shutil.copytree(ROOT / "plugins", dst / "plugins", ignore=ignore)
+    return dst
+
+
+@pytest.mark.slow
+def test_fresh_venv_installs_cdev_and_the_example_plugin_without_the_index(
+    tmp_path: Path,
+) -> None:
+    """The example plugin's dependency is satisfied by this project, not by the unrelated
+    ``cdev`` on the package index: with the index switched off, both install and work."""
+    wheels = tmp_path / "wheels"
+    # The only step that uses the index: the project's own dependencies, at the versions
+    # this environment runs, as wheels (the project and the plugin are not among them).
+    pins = [f"{name}=={version(name)}" for name in RUNTIME_DEPS]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", wheels, *pins],
+        check=True,
+        capture_output=True,
+    )
+    assert not any(p.name.lower().startswith(("cdev-", "cdev_")) for p in wheels.iterdir())
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    offline = ["--no-index", "--find-links", str(wheels), "--no-build-isolation", "-q"]
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", *offline]
+    src = _copy_sources(tmp_path / "src")
+    subprocess.run([*pip, pins[0]], check=True, capture_output=True)  # venv bundles an old one
+    for target in (src, src / "plugins" / "cdev-trace-provider"):
+        proc = subprocess.run([*pip, target], capture_output=True, check=False)
+        assert proc.returncode == 0, proc.stderr.decode()
+    listed = subprocess.run(
+        [venv / "bin" / "python", "-m", "pip", "list", "--format=json"],
+        capture_output=True,
+        check=True,
+    )
+    names = {d["name"].lower() for d in json.loads(listed.stdout)}
+    assert {"cdev-toolkit", "cdev-trace-provider"} <= names and "cdev" not in names
+    cdev = str(venv / "bin" / "cdev")
+    proc = subprocess.run([cdev, "plugins", "--json"], capture_output=True, check=True)
+    assert proc.stderr == b""
+    rows = {p["name"]: p for p in json.loads(proc.stdout)}
+    assert rows["trace"]["origin"] == "distribution cdev-trace-provider"
+    assert rows["software"]["origin"] == "built-in"
+    proc = subprocess.run([cdev, "session", "selftest", "--provider", "trace"], check=False)
     assert proc.returncode == 0
 
 

@@ -22,8 +22,8 @@ from rich.progress import (
 from cdev.atomic import STDIO, atomic_output, check_output, open_input
 from cdev.commands.options import PassphraseFileOption, ProviderOption
 from cdev.errors import UsageError
-from cdev.fileformat import decrypt_stream, encrypt_stream
-from cdev.keys import ScryptParams, read_key_file, read_passphrase
+from cdev.fileformat import KDF_SCRYPT, decrypt_stream, encrypt_stream, read_header
+from cdev.keys import MIN_LOG_N, ScryptParams, read_key_file, read_passphrase
 from cdev.plugins import get_registry
 from cdev.rawcbc import decrypt_raw, encrypt_raw, raw_params
 
@@ -87,37 +87,49 @@ def _run(
 ) -> None:
     out = output or _default_output(input_name, encrypt)
     check_output(out, input_name, force)
-    registry = get_registry()
+    # Everything that can be refused without a secret is refused before one is asked for.
     if raw:
         raw_key, iv = raw_params(cipher, key_hex, iv_hex)
     elif key_hex or iv_hex:
         raise UsageError("--key and --iv are for --raw; use --key-file for the cdev format")
-    else:
-        key = read_key_file(key_file) if key_file else None
-        passphrase = None if key else read_passphrase(passphrase_file, confirm=encrypt)
-    with registry.open_provider(provider_spec) as provider, open_input(input_name) as src:
-        label = "encrypting" if encrypt else "decrypting"
-        with _progress(input_name, label) as progress, atomic_output(out) as dst:
-            if raw:
-                fn = encrypt_raw if encrypt else decrypt_raw
-                fn(src, dst, provider, raw_key, iv, progress)
-            elif encrypt:
-                params = ScryptParams(log_n=work_factor)
-                params.check()
-                encrypt_stream(
-                    src,
-                    dst,
-                    provider,
-                    passphrase=passphrase,
-                    key=key,
-                    params=params,
-                    progress=progress,
-                    suite=None if suite == "auto" else int(suite),
-                )
-            else:
-                decrypt_stream(
-                    src, dst, provider, passphrase=passphrase, key=key, progress=progress
-                )
+    params = ScryptParams(log_n=work_factor)
+    if encrypt and not raw:
+        params.check()
+    key = read_key_file(key_file) if key_file and not raw else None
+    registry = get_registry()
+    with open_input(input_name) as src:
+        header = None if raw or encrypt else read_header(src)
+        wants_passphrase = encrypt or (header is not None and header[0].kdf == KDF_SCRYPT)
+        passphrase = None
+        with registry.open_provider(provider_spec) as provider:
+            if not raw and key is None and wants_passphrase:
+                passphrase = read_passphrase(passphrase_file, confirm=encrypt)
+            label = "encrypting" if encrypt else "decrypting"
+            with _progress(input_name, label) as progress, atomic_output(out) as dst:
+                if raw:
+                    fn = encrypt_raw if encrypt else decrypt_raw
+                    fn(src, dst, provider, raw_key, iv, progress)
+                elif encrypt:
+                    encrypt_stream(
+                        src,
+                        dst,
+                        provider,
+                        passphrase=passphrase,
+                        key=key,
+                        params=params,
+                        progress=progress,
+                        suite=None if suite == "auto" else int(suite),
+                    )
+                else:
+                    decrypt_stream(
+                        src,
+                        dst,
+                        provider,
+                        passphrase=passphrase,
+                        key=key,
+                        progress=progress,
+                        header_read=header,
+                    )
 
 
 InputArg = typer.Argument(..., metavar="INPUT", help="File to read, or - for standard input.")
@@ -152,9 +164,9 @@ def encrypt(
     work_factor: int = typer.Option(
         ScryptParams().log_n,
         "--work-factor",
-        min=10,
-        max=20,
-        help="scrypt cost as log2(N) for passphrases (memory: N KiB).",
+        min=MIN_LOG_N,
+        max=ScryptParams().log_n,
+        help="scrypt cost as log2(N) for passphrases (memory: N KiB; time doubles per step).",
     ),
     raw: bool = RawOpt,
     cipher: str = CipherOpt,
