@@ -356,3 +356,19 @@ def test_cli_broker_and_joins_in_pipe_mode() -> None:
     finally:
         brk.terminate()
         assert brk.wait(HANG_GUARD) == 0
+
+
+def test_connections_are_rate_limited_per_source() -> None:
+    async def main() -> None:
+        config = BrokerConfig(quiet=True, handshake_burst=2, handshake_rate=0.01)
+        async with broker(config) as (_, address):
+            a = await open_room(tcp(), address, options("a"))
+            b = await open_room(tcp(), address, options("b"))
+            with pytest.raises(CdevError, match="too many connections from your address"):
+                await open_room(tcp(), address, options("c"))
+            await a.send(b"the others carry on")
+            assert (await _next(b, "message")).text == b"the others carry on"
+            for c in (a, b):
+                await c.close()
+
+    run(main)
