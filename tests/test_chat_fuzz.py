@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import struct
 
 from hypothesis import HealthCheck, given, settings
@@ -43,6 +44,7 @@ FUZZ = settings(
     suppress_health_check=list(HealthCheck),
 )
 FUZZ_AWARE = settings(FUZZ, max_examples=max(EXAMPLES // 10, 300))
+MUTATIONS = int(os.environ.get("CDEV_FUZZ_MUTATIONS", "20"))  # inputs per mutation example
 FUZZ_ROOM = settings(FUZZ, max_examples=max(EXAMPLES // 100, 50))
 PROVIDER = get_registry().open_provider("software")
 
@@ -147,6 +149,50 @@ def test_record_parser_protocol_aware(data: bytes, step: int) -> None:
     _feed(data, step)
     with contextlib.suppress(ProtocolError, PeerClosed):
         LOOP.run_until_complete(_read_all(data))
+
+
+INTERESTING = [0, 1, 4, 5, MAX_CONTROL, MAX_CONTROL + 1, MAX_BODY, MAX_BODY + 1, 0xFFFF]
+
+
+def _mutate(rng: random.Random, data: bytes) -> bytes:
+    """One to four edits of the kinds that break parsers: bit flips, random bytes, insertions,
+    deletions, duplicated ranges, truncation, and header length fields set to edge values."""
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        op = rng.randrange(7)
+        n = len(buf)
+        if op == 0 and n:
+            buf[rng.randrange(n)] ^= 1 << rng.randrange(8)
+        elif op == 1 and n:
+            buf[rng.randrange(n)] = rng.randrange(256)
+        elif op == 2:
+            at = rng.randint(0, n)
+            buf[at:at] = rng.randbytes(rng.randint(1, 8))
+        elif op == 3 and n:
+            at = rng.randrange(n)
+            del buf[at : at + rng.randint(1, 16)]
+        elif op == 4 and n:
+            at = rng.randrange(n)
+            buf[at:at] = buf[at : at + rng.randint(1, 32)]
+        elif op == 5 and n:
+            del buf[rng.randrange(n) :]
+        elif n >= 4:
+            at = rng.randrange(n - 3)
+            struct.pack_into("!H", buf, at + 2, rng.choice(INTERESTING))
+    return bytes(buf)
+
+
+@FUZZ_AWARE
+@given(streams, st.integers(0, 2**32))
+def test_record_parser_mutations(base: bytes, seed: int) -> None:
+    """Mutation fuzzing driven by hypothesis: each example mutates a protocol-aware stream
+    MUTATIONS times and runs both parsers on every result (the by-hand million)."""
+    rng = random.Random(seed)
+    for _ in range(MUTATIONS):
+        data = _mutate(rng, base)
+        _feed(data, rng.randint(1, 64))
+        with contextlib.suppress(ProtocolError, PeerClosed):
+            LOOP.run_until_complete(_read_all(data))
 
 
 def _session(state: str) -> RoomSession:
