@@ -58,6 +58,7 @@ from cdev.chat.framing import (
 )
 from cdev.chat.limits import HandshakeLimiter
 from cdev.chat.options import NICK_RE
+from cdev.chat.safe import safe_text
 from cdev.errors import EXIT_OK
 from cdev.transport import Transport, peer_label, peer_source
 
@@ -235,8 +236,8 @@ class Broker:
         )
 
     def log(self, text: str) -> None:
-        if not self.config.quiet:
-            print(f"cdev: broker: {text}", file=sys.stderr, flush=True)
+        if not self.config.quiet:  # texts may quote peers: nothing reaches stderr unsafe
+            print(f"cdev: broker: {safe_text(text, 500)}", file=sys.stderr, flush=True)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Transport handler: take the raw transport over from the stream objects."""
