@@ -71,7 +71,8 @@ json_bodies = st.builds(
     st.sampled_from(FIELDS),
     st.sampled_from(ODD_VALUES),
 )
-bodies = st.one_of(st.binary(max_size=200), json_bodies)
+deep = st.sampled_from([b"[" * 3000, b'{"a":' * 1000, b"[" * 3000 + b"]" * 3000])
+bodies = st.one_of(st.binary(max_size=200), json_bodies, deep)
 types = st.one_of(st.sampled_from(sorted(TYPE_NAMES)), st.integers(0, 255))
 lengths = st.sampled_from([MAX_CONTROL, MAX_CONTROL + 1, MAX_BODY, MAX_BODY + 1, 0xFFFF, 0, 5])
 
