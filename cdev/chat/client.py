@@ -49,6 +49,10 @@ from cdev.transport import Transport
 __all__ = ["Event", "RoomClient", "join", "open_room"]
 
 
+class BrokerClosed(CdevError):
+    """The broker ended the connection between records."""
+
+
 class RoomClient:
     """The protocol side of a room peer, without any terminal I/O (used by tests and benchmarks)."""
 
@@ -99,7 +103,7 @@ class RoomClient:
             if self._eof:
                 if self._parser.pending:
                     raise ProtocolError("connection closed in the middle of a record (truncated)")
-                raise CdevError("the broker closed the connection")
+                raise BrokerClosed("the broker closed the connection")
             try:
                 data = await asyncio.wait_for(self.reader.read(65536), timeout)
             except TimeoutError:
@@ -244,10 +248,8 @@ class RoomClient:
     async def _next_or_closed(self, what: str, timeout: float | None = None) -> tuple[int, bytes]:
         try:
             return await self._next(timeout)
-        except CdevError as exc:
-            if "closed the connection" in str(exc):
-                raise CdevError(f"broker closed the connection before {what}") from None
-            raise
+        except BrokerClosed:
+            raise CdevError(f"broker closed the connection before {what}") from None
 
     # -- talking ---------------------------------------------------------------------------
     def message_record(self, text: bytes) -> bytes:
