@@ -65,8 +65,9 @@ INFO_WAIT = 3.0  # seconds a newcomer waits for present members to announce a gr
 BUSY_RETRY = (0.05, 0.4)  # seconds (random between) before asking again after a JOIN_NAK
 ROSTER_CHUNK = 64  # members per ROSTER record (fits MAX_BODY with 32-character nicks)
 MAX_ROSTER = 65536
-MAX_EARLY = 4096  # records held while joining, before the group key is known
-MAX_HELD = 64  # records held from a member nobody vouched for yet
+MAX_EARLY = 8 << 20  # bytes of records held while joining, before the group key is known
+MAX_HELD = 64  # records held from one member nobody vouched for yet...
+MAX_HELD_ALL = 1024  # ...and from all of them together
 MAX_SPONSORING = 64  # open join runs per sponsor
 SPONSOR_TIMEOUT = 30.0  # a join run without JOIN_FIN by then counts as failed
 # PAKE runs a sponsor answers: a burst, then a slow refill; a run that ends in a confirmed
@@ -222,6 +223,7 @@ class RoomSession:
         self._pending_key = b""
         self._fin = b""
         self._early: list[tuple[int, int, bytes]] = []
+        self._early_bytes = 0
         # sponsor side
         self._sponsoring: dict[int, _Sponsoring] = {}
         self._asked: OrderedDict[int, None] = OrderedDict()  # one run per newcomer id
@@ -292,6 +294,7 @@ class RoomSession:
     def on_left(self, pid: int, reason: str) -> None:
         peer = self.peers.pop(pid, None)
         self._held.pop(pid, None)
+        self._ignored.discard(pid)
         self._asked.pop(pid, None)
         run = self._sponsoring.pop(pid, None)
         if run is not None:  # left before confirming: its run stays spent
@@ -395,7 +398,8 @@ class RoomSession:
 
     def _group_record(self, sender: int, rtype: int, body: bytes) -> None:
         if self.group_key is None:
-            if len(self._early) >= MAX_EARLY:
+            self._early_bytes += len(body)
+            if self._early_bytes > MAX_EARLY:
                 raise CdevError("too many records arrived while joining the room")
             self._early.append((sender, rtype, body))
             return
@@ -447,18 +451,17 @@ class RoomSession:
         """A record from someone who is not (yet) in our group."""
         if sender == self.id:
             raise IntegrityError("the room sent our own record back to us")
-        if sender in self._ignored:
-            return
         peer = self.peers.get(sender)
-        if peer is not None and peer.gid and peer.gid != self.gid:
+        if peer is None or sender in self._ignored:
+            return  # the carrier never announced it (or we gave up on it): nothing to keep
+        if peer.gid and peer.gid != self.gid:
             self._drop_foreign(peer)
             return
         held = self._held.setdefault(sender, [])
-        if len(held) >= MAX_HELD:
+        if len(held) >= MAX_HELD or sum(map(len, self._held.values())) >= MAX_HELD_ALL:
             del self._held[sender]
             self._ignored.add(sender)
-            name = peer.nick if peer else f"member {sender}"
-            self._event("notice", text=f"ignoring {name}: nobody in the group vouched for it")
+            self._event("notice", text=f"ignoring {peer.nick}: nobody in the group vouched for it")
             return
         held.append((rtype, body))
 
@@ -672,7 +675,7 @@ class RoomSession:
         self._channel = None
         self._actions.append(Send(sponsor.id, JOIN_FIN, _json({"confirm": self._fin.hex()})))
         self.state = "vouching"
-        early, self._early = self._early, []
+        early, self._early, self._early_bytes = self._early, [], 0
         for sid, rtype, rbody in early:
             self._group_record(sid, rtype, rbody)
 
@@ -707,6 +710,7 @@ class RoomSession:
             self._event("notice", text=why)
         self._install(os.urandom(GROUP_KEY_SIZE), [])
         self._early.clear()
+        self._early_bytes = 0
         self._admitted()
 
     def _admitted(self) -> None:
