@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import struct
 from collections.abc import Awaitable, Callable
 
 import pytest
+import spake2  # type: ignore[import-untyped]
 
 from cdev.chat import crypto
 from cdev.chat.broker import BrokerConfig
@@ -88,28 +91,45 @@ def _hello(**fields: object) -> bytes:
 # -- a fake listener ------------------------------------------------------------------------
 
 
-def test_fake_listener_gets_one_guess_and_no_offline_test() -> None:
+@pytest.mark.parametrize("victim", ["right", "guess"])
+def test_fake_listener_gets_one_guess_and_no_offline_test(victim: str) -> None:
     seen: dict[str, bytes] = {}
+    guess = Pake(b"guess", True, *PAKE_IDS)  # a fake listener must commit to one guess
 
     async def fake_listener(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        guess = Pake(b"guess", True, *PAKE_IDS)  # it must commit to one guess up front
-        w.write(_hello(role="listen", nick="bank", mode="encrypted", pake=guess.message.hex()))
+        mine = _hello(role="listen", nick="bank", mode="encrypted", pake=guess.message.hex())
+        w.write(mine)
         _, hello = await read_record(r)
         _, tag = await read_record(r)  # the connector's key confirmation
-        seen["hello"], seen["confirm"] = hello, tag
+        seen.update(mine=mine[4:], hello=hello, confirm=tag)
         w.write(encode(3, bytes(32)))  # a confirmation it cannot make
         await w.drain()
         with contextlib.suppress(Exception):
             await r.read()
 
-    code, line = run(lambda: _against(fake_listener, "connect", "-e"))
+    code, line = run(lambda: _against(fake_listener, "connect", "-e", passphrase=victim))
     assert code == 1 and "wrong passphrase" in line
-    # The connector's HELLO carries a SPAKE2 element, no salt, no KDF cost, no verifier:
+    # The connector's HELLO carries a SPAKE2 element: no salt, no KDF cost, no verifier.
     hello = json.loads(seen["hello"])
     assert set(hello) == {"proto", "version", "role", "nick", "mode", "pake"}
-    # and its confirmation does not match what the right passphrase would give under the
-    # attacker's run: testing "right" needs a new run with the victim, i.e. another connection.
-    assert len(seen["confirm"]) == 32
+    # Offline, even the right passphrase does not reproduce the connector's confirmation from
+    # the attacker's run: the only passphrase its transcript can test is the one it committed
+    # (the "guess" victim shows the reconstruction is the attacker's best: it then matches).
+    theirs = bytes.fromhex(hello["pake"])
+    context = crypto.transcript(seen["mine"], seen["hello"])
+    for candidate in (b"guess", b"right"):
+        attempt = spake2.SPAKE2_A(_pw(candidate), idA=PAKE_IDS[0], idB=PAKE_IDS[1])
+        attempt.start()
+        attempt.xy_scalar = guess._state.xy_scalar  # the secret behind the element it sent
+        attempt.outbound_message = guess._state.outbound_message
+        master = crypto.derive(attempt.finish(theirs), "master", context)
+        mac = crypto.derive(master, "mac connect>listen", context)
+        tag = hmac.new(mac, crypto.LABEL + b"confirm\0connect" + context, "sha256").digest()
+        assert (tag == seen["confirm"]) == (candidate == victim.encode() == b"guess")
+
+
+def _pw(passphrase: bytes) -> bytes:
+    return hashlib.sha256(b"cdev-chat v2 passphrase\0" + passphrase).digest()
 
 
 def test_a_version_1_listener_asking_for_cheap_scrypt_is_refused() -> None:
