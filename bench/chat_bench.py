@@ -41,9 +41,10 @@ from typing import Any
 import psutil
 
 from cdev.chat import crypto
-from cdev.chat.client import RoomClient, open_room, sender_keys
-from cdev.chat.framing import ERROR, JOINED, LEFT, RELAY, decode_json
+from cdev.chat.client import RoomClient, open_room
+from cdev.chat.framing import DATA, ERROR, JOINED, LEFT, RELAY, decode_json
 from cdev.chat.options import ChatOptions
+from cdev.chat.room import sender_keys
 from cdev.plugins import get_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,9 +73,7 @@ class WorkerResult:
     cpu: float = 0.0
 
 
-async def _cdev_peer(
-    address: str, idx: int, opts: ChatOptions, room_key: bytes | None
-) -> RoomClient:
+async def _cdev_peer(address: str, idx: int, opts: ChatOptions) -> RoomClient:
     tcp = get_registry().transport("tcp")
     o = ChatOptions(
         nick=f"p{idx}",
@@ -84,7 +83,7 @@ async def _cdev_peer(
         handshake_timeout=120,
         connect_timeout=120,
     )
-    return await open_room(tcp, address, o, room_key=room_key)
+    return await open_room(tcp, address, o)
 
 
 async def _worker_main(
@@ -104,10 +103,8 @@ async def _worker_main(
         if encrypted:
             opts.passphrase = PASSPHRASE.encode()
             opts.provider = get_registry().open_provider("software")
-        room_key = None
         for idx in mine:
-            c = await _cdev_peer(address, idx, opts, room_key)
-            room_key = c.room_key  # scrypt once per process: same room, same salt
+            c = await _cdev_peer(address, idx, opts)
             conns.append((idx, c.reader, c.writer, c))
         # Wait until every peer knows every other one (all joins are done).
         async with asyncio.timeout(300):
@@ -115,8 +112,12 @@ async def _worker_main(
                 for *_, c in conns:
                     while len(c.members) < peers - 1:
                         ev = await c.receive()
-                        if ev.kind != "joined":
+                        if ev.kind not in ("joined", "notice"):
                             res.bad.append(f"unexpected {ev.kind} before start")
+    early: dict[int, bytes] = {}
+    for idx, _, _, c in conns:
+        if c is not None:
+            early[idx] = await c.detach()  # from here on the receiver reads the socket
     await asyncio.to_thread(barrier.wait)
 
     async def sender(idx: int, w: asyncio.StreamWriter, c: RoomClient | None) -> None:
@@ -131,6 +132,7 @@ async def _worker_main(
         counts = [0] * peers
         got = 0
         buf = bytearray()
+        head = early.get(idx, b"")  # what the client had read but not handled
         verify = (idx + 1) % peers
         id2idx: dict[int, int] = {}
         opener = None
@@ -138,13 +140,14 @@ async def _worker_main(
             id2idx = {mid: int(m.nick[1:]) for mid, m in c.members.items()}
             if encrypted:
                 member = next(m for m in c.members.values() if m.nick == f"p{verify}")
-                assert c.room_key is not None and c.opts.provider is not None
-                opener = crypto.Opener(
-                    c.opts.provider, *sender_keys(c.room_key, member.nonce, member.nick), "v"
-                )
+                group_key = c.session.group_key
+                assert group_key is not None and c.opts.provider is not None
+                opener = crypto.Opener(c.opts.provider, *sender_keys(group_key, member.public), "v")
+                opener.expected = member.expected
         unpack = RELAY_HEAD.unpack_from
         while got < expected:
-            data = await r.read(1 << 18)
+            data = head or await r.read(1 << 18)
+            head = b""
             if not data:
                 res.bad.append(f"peer {idx}: connection closed after {got} deliveries")
                 break
@@ -170,7 +173,11 @@ async def _worker_main(
                     end = pos + 4 + length
                     if end > n:
                         break
-                    if rtype == RELAY:
+                    if rtype == RELAY and inner != DATA:
+                        # a late vouch or key list: group bookkeeping, not a delivery
+                        if opener is not None and id2idx.get(sid) == verify:
+                            opener.expected += 1  # it is numbered in that sender's stream
+                    elif rtype == RELAY:
                         s = id2idx[sid]
                         k = counts[s]
                         counts[s] = k + 1
@@ -179,6 +186,12 @@ async def _worker_main(
                             res.recvs.append((s, k, now))
                         if s == verify:
                             body = bytes(buf[pos + 9 : end])
+                            if opener is not None:  # the full check: signature and MAC
+                                sig = body[-crypto.SIG_SIZE :]
+                                body = body[: -crypto.SIG_SIZE]
+                                signed = c.session._signed_part(inner, body) if c else b""
+                                if not crypto.verify(member.key, sig, signed):
+                                    res.bad.append(f"peer {idx}: bad signature from {s}")
                             text = opener.open(inner, body) if opener else body
                             if text != line(s, k):
                                 res.bad.append(f"peer {idx}: wrong content from {s} #{k}")
@@ -312,7 +325,7 @@ async def _idle_peers(kind: str, address: str, mine: list[int], hold: Any, done:
         if kind == "ncat":
             conns.append(await asyncio.open_connection(host, int(port)))
         else:
-            c = await _cdev_peer(address, idx, opts, None)
+            c = await _cdev_peer(address, idx, opts)
             conns.append((c.reader, c.writer))
 
     async def drain(r: asyncio.StreamReader) -> None:
