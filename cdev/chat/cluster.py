@@ -169,6 +169,10 @@ class LocalCluster:
                 except subprocess.TimeoutExpired:
                     node.proc.kill()
                     node.proc.wait(5)
+            else:
+                deadline = time.monotonic() + 5
+                while _is_nats_server(node.pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
 
     # -- a cluster that outlives the command that started it (cdev chat cluster up/down) ----
     def save(self, path: Path) -> None:

@@ -1,0 +1,388 @@
+"""Rooms over a real 3-node NATS cluster (nats-server processes with routes), nothing mocked.
+
+Peers run in-process on asyncio, each with its own NATS connection through the ``nats``
+transport plugin and the ordinary member protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cdev_plugins.nats import NatsTransport, parse_url
+
+from cdev.chat import crypto
+from cdev.chat.bus import SUBJECT_PREFIX, BusConfig, room_salt
+from cdev.chat.buspeer import BusRoomClient, open_bus_room
+from cdev.chat.client import Event, sender_keys
+from cdev.chat.cluster import LocalCluster
+from cdev.chat.framing import DATA, encode
+from cdev.errors import CdevError, IntegrityError, UsageError
+from tests.chat_helpers import CDEV, HANG_GUARD, env, options
+
+nats = pytest.importorskip("nats")  # part of the dev extra: present wherever tests run
+
+PASS = "correct horse"
+FAST = BusConfig(settle=0.3, heartbeat=0.5, expiry=4.0)
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalCluster]:
+    c = LocalCluster(size=3)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+    assert not any(c.alive(n) for n in c.nodes)
+
+
+def home(c: LocalCluster, i: int, room: str) -> str:
+    """Address whose first server is node i: peers are spread over the cluster."""
+    k = i % len(c.nodes)
+    order = c.nodes[k:] + c.nodes[:k]
+    return "nats://" + ",".join(n.url for n in order) + f"/{room}"
+
+
+def room_key(room: str, passphrase: str = PASS) -> bytes:
+    return crypto.master_key(passphrase.encode(), room_salt(room), crypto.CHAT_SCRYPT)
+
+
+TRANSPORTS: dict[int, NatsTransport] = {}
+
+
+async def join(
+    c: LocalCluster, i: int, room: str, key: bytes | None, passphrase: str = PASS
+) -> BusRoomClient:
+    tr = NatsTransport(mode="encrypted", config=FAST, randomize=False, reconnect_wait=0.2)
+    client = await open_bus_room(tr, home(c, i, room), options(f"p{i}", passphrase), key)
+    TRANSPORTS[id(client)] = tr
+    return client
+
+
+def server_port(client: BusRoomClient) -> int | None:
+    """The port of the server this member's NATS connection is on now."""
+    (room,) = TRANSPORTS[id(client)].rooms
+    nc = room.bus.nc  # type: ignore[attr-defined]
+    return int(nc.connected_url.port) if nc.is_connected else None
+
+
+async def everyone_sees_everyone(clients: list[BusRoomClient]) -> None:
+    """Read join notices until every member knows every other one."""
+
+    async def until_full(c: BusRoomClient) -> None:
+        while len(c.members) < len(clients) - 1:
+            ev = await c.receive()
+            assert ev.kind == "joined", ev
+
+    async with asyncio.timeout(HANG_GUARD):
+        await asyncio.gather(*(until_full(c) for c in clients))
+
+
+class Log:
+    """What one receiver saw: per sender the message numbers, gaps, goodbye or leave."""
+
+    def __init__(self) -> None:
+        self.seqs: dict[str, list[int]] = {}
+        self.gaps: dict[str, list[tuple[int, int]]] = {}  # (lost, seq of the next message)
+        self.pending_gap: dict[str, int] = {}
+        self.ended: dict[str, str] = {}
+
+
+async def consume(client: BusRoomClient, log: Log, senders: int) -> None:
+    while len(log.ended) < senders:
+        ev: Event = await client.receive()
+        if ev.kind == "message":
+            nick, seq = ev.text.decode().split(":")
+            assert nick == ev.nick  # the text says who sent it: no sender swapped
+            if ev.nick in log.pending_gap:
+                log.gaps.setdefault(ev.nick, []).append((log.pending_gap.pop(ev.nick), int(seq)))
+            log.seqs.setdefault(ev.nick, []).append(int(seq))
+        elif ev.kind == "gap":
+            log.pending_gap[ev.nick] = int(ev.text)
+        elif ev.kind == "goodbye":
+            log.ended[ev.nick] = "goodbye"
+        elif ev.kind == "left" and ev.nick not in log.ended:
+            log.ended[ev.nick] = ev.text.decode()
+
+
+async def talk(client: BusRoomClient, n: int, pause: float = 0.0) -> None:
+    for k in range(n):
+        client.writer.write(client.message_record(f"{client.opts.nick}:{k}".encode()))
+        if pause:
+            await client.writer.drain()
+            await asyncio.sleep(pause)
+    await client.writer.drain()
+    await client.goodbye()
+
+
+@pytest.mark.slow
+def test_sixty_peers_on_three_servers_every_message_once_in_order(cluster: LocalCluster) -> None:
+    peers, per_peer, room = 60, 100, "sixty"
+    key = room_key(room)
+
+    async def main() -> None:
+        clients = list(await asyncio.gather(*(join(cluster, i, room, key) for i in range(peers))))
+        await everyone_sees_everyone(clients)
+        logs = [Log() for _ in clients]
+        readers = [
+            asyncio.create_task(consume(c, log, peers - 1))
+            for c, log in zip(clients, logs, strict=True)
+        ]
+        await asyncio.gather(*(talk(c, per_peer) for c in clients))
+        async with asyncio.timeout(120):
+            await asyncio.gather(*readers)
+        for c in clients:
+            await c.close()
+        for c, log in zip(clients, logs, strict=True):
+            others = {f"p{i}" for i in range(peers)} - {c.opts.nick}
+            assert set(log.seqs) == others
+            for nick, seqs in log.seqs.items():
+                assert seqs == list(range(per_peer)), (c.opts.nick, nick)
+            assert log.gaps == {} and log.pending_gap == {}
+            assert log.ended == dict.fromkeys(others, "goodbye")
+            assert c.sealer is not None  # encrypted end to end
+
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_server_killed_mid_run_peers_move_over_losses_are_gaps(cluster: LocalCluster) -> None:
+    peers, per_peer, room = 15, 100, "failover"
+    key = room_key(room)
+
+    async def main() -> None:
+        clients = list(await asyncio.gather(*(join(cluster, i, room, key) for i in range(peers))))
+        await everyone_sees_everyone(clients)
+        victims = [c for i, c in enumerate(clients) if i % 3 == 0]  # homed on node 0
+        assert {server_port(v) for v in victims} == {cluster.nodes[0].port}
+        logs = [Log() for _ in clients]
+        readers = [
+            asyncio.create_task(consume(c, log, peers - 1))
+            for c, log in zip(clients, logs, strict=True)
+        ]
+        senders = [asyncio.create_task(talk(c, per_peer, pause=0.01)) for c in clients]
+        await asyncio.sleep(0.5)  # about a third of the way through
+        await asyncio.to_thread(cluster.kill, 0)
+        await asyncio.gather(*senders)
+        async with asyncio.timeout(60):
+            await asyncio.gather(*readers)
+        alive_ports = {n.port for n in cluster.nodes[1:]}
+        for v in victims:  # each victim moved to a surviving server
+            assert server_port(v) in alive_ports, v.opts.nick
+        for c in clients:
+            await c.close()
+        lost_total = 0
+        for c, log in zip(clients, logs, strict=True):
+            for nick, seqs in log.seqs.items():
+                # Never twice, never out of order.
+                assert seqs == sorted(set(seqs)), (c.opts.nick, nick)
+                # Every hole is exactly a reported gap.
+                gaps = dict((nxt, lost) for lost, nxt in log.gaps.get(nick, []))
+                prev = -1
+                for s in seqs:
+                    if s != prev + 1:
+                        assert gaps.get(s) == s - prev - 1, (c.opts.nick, nick, s, prev)
+                        lost_total += s - prev - 1
+                    prev = s
+                if log.ended.get(nick) == "goodbye":
+                    assert prev == per_peer - 1 or log.pending_gap.get(nick) == per_peer - 1 - prev
+            # The room went on: the survivors heard each other to the end.
+        survivors = [x for x in clients if x not in victims]
+        for c in survivors:
+            log = logs[clients.index(c)]
+            for other in survivors:
+                if other is not c:
+                    assert log.seqs[other.opts.nick][-1] == per_peer - 1
+        print(f"lost and reported as gaps: {lost_total}")
+
+    asyncio.run(main())
+
+
+def test_wrong_passphrase_is_refused(cluster: LocalCluster) -> None:
+    async def main() -> None:
+        a = await join(cluster, 0, "locked", None)
+        with pytest.raises(CdevError, match="wrong passphrase"):
+            await join(cluster, 1, "locked", None, passphrase="typo")
+        await a.close()
+
+    asyncio.run(main())
+
+
+async def _spy(cluster: LocalCluster, room: str) -> tuple[Any, list[bytes]]:
+    nc = await nats.connect(servers=[f"nats://{cluster.nodes[2].url}"])
+    seen: list[bytes] = []
+
+    async def cb(msg: Any) -> None:
+        seen.append(msg.data)
+
+    await nc.subscribe(f"{SUBJECT_PREFIX}.{room}", cb=cb)
+    await nc.flush()
+    return nc, seen
+
+
+def test_forged_sender_is_refused(cluster: LocalCluster) -> None:
+    """Someone on the bus without the passphrase publishes a record as member p0."""
+    room = "forge"
+    key = room_key(room)
+
+    async def main() -> None:
+        a = await join(cluster, 0, room, key)
+        b = await join(cluster, 1, room, key)
+        await everyone_sees_everyone([a, b])
+        nc, seen = await _spy(cluster, room)
+        await a.send(b"p0:0")
+        async with asyncio.timeout(HANG_GUARD):
+            assert (await b.receive()).text == b"p0:0"
+            while not any(m[:1] == b"R" for m in seen):
+                await asyncio.sleep(0.01)
+        genuine = next(m for m in seen if m[:1] == b"R")
+        # Same envelope (p0's token), a record sealed with keys from another passphrase.
+        wrong = room_key(room, "not the passphrase")
+        forger = crypto.Sealer(
+            a.opts.provider,  # type: ignore[arg-type]
+            *sender_keys(wrong, a.nonce, "p0"),
+        )
+        forger.seq = 1
+        forged = genuine[:17] + encode(DATA, forger.seal(DATA, b"p0:1"))
+        await nc.publish(f"{SUBJECT_PREFIX}.{room}", forged)
+        with pytest.raises(IntegrityError, match="p0 failed authentication"):
+            async with asyncio.timeout(HANG_GUARD):
+                await b.receive()
+        await nc.close()
+        await a.close()
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_replayed_stream_is_refused(cluster: LocalCluster) -> None:
+    room = "replay"
+    key = room_key(room)
+
+    async def main() -> None:
+        a = await join(cluster, 0, room, key)
+        b = await join(cluster, 1, room, key)
+        await everyone_sees_everyone([a, b])
+        nc, seen = await _spy(cluster, room)
+        for k in range(3):
+            await a.send(f"p0:{k}".encode())
+        async with asyncio.timeout(HANG_GUARD):
+            for k in range(3):
+                assert (await b.receive()).text == f"p0:{k}".encode()
+            while sum(m[:1] == b"R" for m in seen) < 3:
+                await asyncio.sleep(0.01)
+        for m in [m for m in seen if m[:1] == b"R"]:  # the whole stream, again
+            await nc.publish(f"{SUBJECT_PREFIX}.{room}", m)
+        with pytest.raises(IntegrityError, match=r"replayed record from p0 \(sequence 0"):
+            async with asyncio.timeout(HANG_GUARD):
+                await b.receive()
+        await nc.close()
+        await a.close()
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_hostile_bus_traffic_is_dropped_and_the_room_goes_on(cluster: LocalCluster) -> None:
+    room = "hostile"
+    key = room_key(room)
+
+    async def main() -> None:
+        a = await join(cluster, 0, room, key)
+        b = await join(cluster, 1, room, key)
+        await everyone_sees_everyone([a, b])
+        nc = await nats.connect(servers=[f"nats://{cluster.nodes[2].url}"])
+        subject = f"{SUBJECT_PREFIX}.{room}"
+        junk = [
+            b"",
+            b"X" * 10,
+            b"R" + b"\0" * 16 + b"\x04\x00\xff\xff",  # unknown member, lying length
+            b"R" * 70000,  # oversize
+            b"P{not json",
+            b"P" + json.dumps({"ev": "join", "token": "00" * 16}).encode(),  # no nick
+            b"P" + json.dumps({"ev": "here", "token": "zz", "nick": "x"}).encode(),
+            b"P" + b"[" * 5000,
+            # A member announced with b's nonce would share its keys: never let it in.
+            b"P"
+            + json.dumps(
+                {"ev": "join", "token": "11" * 16, "nick": "evil", "nonce": b.nonce.hex(),
+                 "mode": "encrypted", "seq": 0, "verifier": "00" * 32}
+            ).encode(),
+        ]  # fmt: skip
+        for j in junk:
+            await nc.publish(subject, j)
+        await nc.publish(subject + ".to." + "ab" * 16, b"P{}")
+        await nc.flush()
+        await a.send(b"p0:0")
+        async with asyncio.timeout(HANG_GUARD):
+            ev = await b.receive()
+        assert (ev.kind, ev.text) == ("message", b"p0:0")
+        assert [m.nick for m in b.members.values()] == ["p0"]
+        await nc.close()
+        await a.close()
+        await b.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "tcp://h:1/r",
+        "nats://h:1",
+        "nats://h:1/",
+        "nats://h:0/r",
+        "nats://h:70000/r",
+        "nats://h:/r",
+        "nats://h:1/r.x",
+        "nats://h:1/r>",
+        "nats://h:1/" + "r" * 65,
+        "nats://bad host:1/r",
+        "nats://" + ",".join(["h:1"] * 33) + "/r",
+    ],
+)
+def test_malformed_addresses_are_usage_errors(address: str) -> None:
+    with pytest.raises(UsageError):
+        parse_url(address)
+
+
+def test_address_list_with_default_ports() -> None:
+    assert parse_url("nats://a,b:5000,[::1]:7/room-1") == (
+        ["nats://a:4222", "nats://b:5000", "nats://[::1]:7"],
+        "room-1",
+    )
+
+
+def test_cli_join_over_the_cluster_and_errors(cluster: LocalCluster) -> None:
+    base = cluster.address
+    e = env(PASS)
+    bad = subprocess.run(
+        [CDEV, "chat", "join", "nats://127.0.0.1:99999/r", "-n", "x"],
+        env=e, capture_output=True, timeout=60, input=b"",
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.decode().count("\n") == 1 and "bad port" in bad.stderr.decode()
+    listener = subprocess.Popen(
+        [CDEV, "chat", "join", f"{base}/cli", "-n", "ana", "--encrypt"],
+        env=e, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert listener.stderr is not None
+        line = listener.stderr.readline()  # fingerprint: ana is in
+        assert b"fingerprint" in line
+        listener.stderr.readline()
+        talker = subprocess.run(
+            [CDEV, "chat", "join", f"nats://{cluster.nodes[2].url}/cli", "-n", "bob", "-e"],
+            env=e, capture_output=True, timeout=60, input=b"hello over the bus\n",
+        )  # fmt: skip
+        assert talker.returncode == 0, talker.stderr
+        assert listener.stdout is not None
+        assert listener.stdout.readline() == b"<bob> hello over the bus\n"
+    finally:
+        listener.communicate(b"", timeout=30)
+    assert listener.returncode == 0
