@@ -27,7 +27,7 @@ from tests.chat_helpers import CDEV, HANG_GUARD, env, options
 nats = pytest.importorskip("nats")  # part of the dev extra: present wherever tests run
 
 PASS = "correct horse"
-FAST = BusConfig(settle=0.3, heartbeat=0.5, expiry=4.0)
+FAST = BusConfig(settle=0.3, heartbeat=0.5, expiry=30.0)
 
 
 @pytest.fixture
@@ -140,7 +140,8 @@ def test_sixty_peers_on_three_servers_every_message_once_in_order(cluster: Local
             await c.close()
         for c, log in zip(clients, logs, strict=True):
             others = {f"p{i}" for i in range(peers)} - {c.opts.nick}
-            assert set(log.seqs) == others
+            silent = {k: v for k, v in log.ended.items() if k not in log.seqs}
+            assert set(log.seqs) == others, (c.opts.nick, silent)
             for nick, seqs in log.seqs.items():
                 assert seqs == list(range(per_peer)), (c.opts.nick, nick)
             assert log.gaps == {} and log.pending_gap == {}
@@ -152,7 +153,7 @@ def test_sixty_peers_on_three_servers_every_message_once_in_order(cluster: Local
 
 @pytest.mark.slow
 def test_server_killed_mid_run_peers_move_over_losses_are_gaps(cluster: LocalCluster) -> None:
-    peers, per_peer, room = 15, 100, "failover"
+    peers, per_peer, room = 60, 100, "failover"
     key = room_key(room)
 
     async def main() -> None:
@@ -165,8 +166,8 @@ def test_server_killed_mid_run_peers_move_over_losses_are_gaps(cluster: LocalClu
             asyncio.create_task(consume(c, log, peers - 1))
             for c, log in zip(clients, logs, strict=True)
         ]
-        senders = [asyncio.create_task(talk(c, per_peer, pause=0.01)) for c in clients]
-        await asyncio.sleep(0.5)  # about a third of the way through
+        senders = [asyncio.create_task(talk(c, per_peer, pause=0.03)) for c in clients]
+        await asyncio.sleep(1.0)  # about a third of the way through
         await asyncio.to_thread(cluster.kill, 0)
         await asyncio.gather(*senders)
         async with asyncio.timeout(60):
@@ -191,13 +192,14 @@ def test_server_killed_mid_run_peers_move_over_losses_are_gaps(cluster: LocalClu
                     prev = s
                 if log.ended.get(nick) == "goodbye":
                     assert prev == per_peer - 1 or log.pending_gap.get(nick) == per_peer - 1 - prev
-            # The room went on: the survivors heard each other to the end.
+        # The room went on: everyone heard the survivors to their last message, the victims
+        # included (through their new server), and the outage did lose messages.
         survivors = [x for x in clients if x not in victims]
-        for c in survivors:
-            log = logs[clients.index(c)]
+        for c, log in zip(clients, logs, strict=True):
             for other in survivors:
                 if other is not c:
-                    assert log.seqs[other.opts.nick][-1] == per_peer - 1
+                    assert log.seqs[other.opts.nick][-1] == per_peer - 1, (c.opts.nick, other)
+        assert lost_total > 0
         print(f"lost and reported as gaps: {lost_total}")
 
     asyncio.run(main())

@@ -83,13 +83,17 @@ class Bus(Protocol):
 
     async def subscribe(self, subject: str, handler: Callable[[str, str, bytes], None]) -> None: ...
 
+    def backlog(self) -> int:
+        """Messages received from the bus and not yet handed to us."""
+        ...
+
     async def close(self) -> None: ...
 
 
 @dataclass
 class BusConfig:
-    heartbeat: float = 1.0  # seconds between presence beats
-    expiry: float = 6.0  # a member unheard of for this long has left
+    heartbeat: float = 5.0  # seconds between presence beats (each one reaches every member)
+    expiry: float = 20.0  # a member unheard of for this long has left (allows for lag)
     settle: float = 0.3  # how long a newcomer collects answers to "who"
     handshake_timeout: float = 10.0
     max_members: int = 10000
@@ -162,6 +166,7 @@ class BusRoom:
         self.seq = 0  # our member's next record number (it numbers from 0)
         self.admitted = False
         self.closed = False
+        self.gone = False  # our member said goodbye or left
         self.connected = True
         self._next_id = 2  # our member is 1
         self._early: list[tuple[str, str, bytes]] = []
@@ -235,7 +240,12 @@ class BusRoom:
                 )
                 self.seq += 1
                 if rtype == GOODBYE:
+                    # Out of the room for the others; our member may still read what is
+                    # on its way (like a half-closed connection) until it closes its end.
                     reason = "goodbye"
+                    await self._depart(reason)
+                    if await reader.read(1):
+                        self._send_local(encode_json(ERROR, {"message": "record after GOODBYE"}))
                     return
         except (PeerClosed, ProtocolError, ConnectionError, OSError):
             pass
@@ -326,11 +336,14 @@ class BusRoom:
             await asyncio.sleep(self.config.heartbeat)
             if not self.connected:
                 continue
-            with contextlib.suppress(CdevError, OSError):
-                await self._publish_presence("beat")
+            if not self.gone:
+                with contextlib.suppress(CdevError, OSError):
+                    await self._publish_presence("beat")
             self._expire()
 
     def _expire(self) -> None:
+        if self.bus.backlog():
+            return  # we are behind, not they silent: their beats may be in the backlog
         limit = time.monotonic() - self.config.expiry
         for m in [m for m in self.members.values() if m.last_seen < limit]:
             self._remove(
@@ -349,19 +362,26 @@ class BusRoom:
         now = time.monotonic()
         for m in self.members.values():
             m.last_seen = now
-        if self.admitted and not self.closed:
+        if self.admitted and not self.closed and not self.gone:
             self._spawn(self._publish_presence("beat"))
+
+    async def _depart(self, reason: str) -> None:
+        """Tell the room our member has left (once)."""
+        if self.gone:
+            return
+        self.gone = True
+        if self.admitted:
+            with contextlib.suppress(CdevError, OSError):
+                await self._publish_presence("leave", reason=reason)
 
     async def _leave(self, reason: str) -> None:
         if self.closed:
             return
+        await self._depart(reason)
         self.closed = True
         for t in self._tasks:
             if t is not asyncio.current_task():
                 t.cancel()
-        if self.admitted:
-            with contextlib.suppress(CdevError, OSError):
-                await self._publish_presence("leave", reason=reason)
         with contextlib.suppress(CdevError, OSError):
             await self.bus.close()
 
@@ -426,7 +446,8 @@ class BusRoom:
         if event not in EVENTS or token == self.token_hex:
             raise ProtocolError("bad presence")
         if event == "who":
-            if reply == f"{self.subject}.to.{token}" and self.nick and self._who_allowed():
+            ok = reply == f"{self.subject}.to.{token}" and self.nick and not self.gone
+            if ok and self._who_allowed():
                 self._spawn(self.bus.publish(reply, self._presence("here")))
             return
         if event == "leave":

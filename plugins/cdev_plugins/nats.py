@@ -63,6 +63,7 @@ class _NatsBus:
 
     def __init__(self, nc: Any) -> None:
         self.nc = nc
+        self.subs: list[Any] = []
 
     async def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
         try:
@@ -74,9 +75,13 @@ class _NatsBus:
         async def cb(msg: Any) -> None:
             handler(msg.subject, msg.reply, msg.data)
 
-        await self.nc.subscribe(
+        sub = await self.nc.subscribe(
             subject, cb=cb, pending_msgs_limit=PENDING_MSGS, pending_bytes_limit=PENDING_BYTES
         )
+        self.subs.append(sub)
+
+    def backlog(self) -> int:
+        return sum(int(s.pending_msgs) for s in self.subs)
 
     async def close(self) -> None:
         # flush + close rather than drain: a member's last records must go out, but nothing
