@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,12 +24,12 @@ from cdev.chat.client import Event, sender_keys
 from cdev.chat.cluster import LocalCluster
 from cdev.chat.framing import DATA, encode
 from cdev.errors import CdevError, IntegrityError, UsageError
-from tests.chat_helpers import CDEV, HANG_GUARD, env, options
+from tests.chat_helpers import CDEV, HANG_GUARD, env, free_port, options
 
 nats = pytest.importorskip("nats")  # part of the dev extra: present wherever tests run
 
 PASS = "correct horse"
-FAST = BusConfig(settle=0.3, heartbeat=0.5, expiry=30.0)
+FAST = BusConfig(settle=0.3, heartbeat=0.5, expiry=5.0)
 
 
 @pytest.fixture
@@ -388,3 +390,81 @@ def test_cli_join_over_the_cluster_and_errors(cluster: LocalCluster) -> None:
     finally:
         listener.communicate(b"", timeout=30)
     assert listener.returncode == 0
+
+
+def _free_block(n: int) -> int:
+    """A base port with n free ports after it (cluster up takes P, P+1, ...)."""
+    for _ in range(50):
+        base = free_port()
+        if base + n > 65535:
+            continue
+        try:
+            for k in range(n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + k))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no free port block")
+
+
+def test_cli_cluster_up_join_down(tmp_path: Path) -> None:
+    state = tmp_path / "cluster.json"
+    base = _free_block(3)
+    up = subprocess.run(
+        [CDEV, "chat", "cluster", "up", "--port", str(base), "--state", str(state)],
+        env=env(), capture_output=True, timeout=60,
+    )  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stderr
+        ports = [base, base + 1, base + 2]
+        assert (
+            up.stdout.decode().strip()
+            == "nats://" + ",".join(f"127.0.0.1:{p}" for p in ports) + "/ROOM"
+        )
+        again = subprocess.run(
+            [CDEV, "chat", "cluster", "up", "--port", str(base), "--state", str(state)],
+            env=env(), capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert again.returncode == 1 and b"already running" in again.stderr
+        cluster = LocalCluster.load(state)
+        assert all(cluster.alive(n) for n in cluster.nodes)
+        cluster.wait_routes(10)  # up returned only once the routes had formed
+        joined = subprocess.run(
+            [CDEV, "chat", "join", f"nats://127.0.0.1:{base + 1}/try", "-n", "ana"],
+            env=env(), capture_output=True, timeout=60, input=b"hi\n",
+        )  # fmt: skip
+        assert joined.returncode == 0, joined.stderr
+    finally:
+        down = subprocess.run(
+            [CDEV, "chat", "cluster", "down", "--state", str(state)],
+            env=env(), capture_output=True, timeout=60,
+        )  # fmt: skip
+    assert down.returncode == 0, down.stderr
+    assert not any(cluster.alive(n) for n in cluster.nodes)
+    assert not state.exists()
+    gone = subprocess.run(
+        [CDEV, "chat", "cluster", "down", "--state", str(state)],
+        env=env(), capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert gone.returncode == 1 and gone.stderr.decode().startswith("cdev: no cluster")
+
+
+def test_nats_transport_cannot_serve() -> None:
+    r = subprocess.run(
+        [CDEV, "chat", "broker", "nats://127.0.0.1:4222/x", "--transport", "nats"],
+        env=env(), capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.decode().count("\n") == 1 and "nothing to listen on" in r.stderr.decode()
+
+
+def test_no_server_answers_is_one_line_exit_1() -> None:
+    port = free_port()  # nobody listens there
+    r = subprocess.run(
+        [CDEV, "chat", "join", f"nats://127.0.0.1:{port}/x", "-n", "ana"],
+        env=env(), capture_output=True, timeout=60, input=b"",
+    )  # fmt: skip
+    assert r.returncode == 1
+    expected = f"cdev: cannot connect to nats://127.0.0.1:{port}/x: no server answered\n"
+    assert r.stderr.decode() == expected

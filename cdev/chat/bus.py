@@ -83,17 +83,14 @@ class Bus(Protocol):
 
     async def subscribe(self, subject: str, handler: Callable[[str, str, bytes], None]) -> None: ...
 
-    def backlog(self) -> int:
-        """Messages received from the bus and not yet handed to us."""
-        ...
-
     async def close(self) -> None: ...
 
 
 @dataclass
 class BusConfig:
     heartbeat: float = 5.0  # seconds between presence beats (each one reaches every member)
-    expiry: float = 20.0  # a member unheard of for this long has left (allows for lag)
+    # A member silent while our own beats went round this long has left (see _on_own_beat).
+    expiry: float = 20.0
     settle: float = 0.3  # how long a newcomer collects answers to "who"
     handshake_timeout: float = 10.0
     max_members: int = 10000
@@ -120,7 +117,7 @@ class Remote:
     mode: str
     verifier: str
     seq: int
-    last_seen: float
+    seen: int  # our epoch when we last heard from it
     id: int = 0
 
 
@@ -168,6 +165,10 @@ class BusRoom:
         self.closed = False
         self.gone = False  # our member said goodbye or left
         self.connected = True
+        # Our own beats come back to us through the bus, in order with everything else:
+        # ``epoch`` counts them, and time on the bus is measured in epochs, not seconds.
+        self.epoch = 0
+        self._beats = 0
         self._next_id = 2  # our member is 1
         self._early: list[tuple[str, str, bytes]] = []
         self._who_tokens = self.config.who_rate
@@ -336,32 +337,31 @@ class BusRoom:
             await asyncio.sleep(self.config.heartbeat)
             if not self.connected:
                 continue
-            if not self.gone:
-                with contextlib.suppress(CdevError, OSError):
-                    await self._publish_presence("beat")
-            self._expire()
+            with contextlib.suppress(CdevError, OSError):
+                await self._publish_presence("beat", n=self._beats)
+            self._beats += 1
 
-    def _expire(self) -> None:
-        if self.bus.backlog():
-            return  # we are behind, not they silent: their beats may be in the backlog
-        limit = time.monotonic() - self.config.expiry
-        for m in [m for m in self.members.values() if m.last_seen < limit]:
-            self._remove(
-                m, f"no presence for {self.config.expiry:g} s (lost its bus connection?)", True
-            )
-        while self.departed and next(iter(self.departed.values()))[0] < limit - 60:
-            self.departed.popitem(last=False)
+    def _on_own_beat(self, n: object) -> None:
+        """One of our beats came back: everything the bus held for us before it is processed.
+
+        A member is expired only when ``expiry`` seconds' worth of our own beats went round
+        while it sent nothing, so our own lag (a busy process, a slow link, a server's
+        backlog) never makes a live member look gone, and while we are cut off from the bus
+        nobody is expired, because our beats do not come back either.
+        """
+        if n != self.epoch:
+            return  # not ours (someone replaying or forging it), or a duplicate
+        self.epoch += 1
+        epochs = max(2, round(self.config.expiry / self.config.heartbeat))
+        for m in [m for m in self.members.values() if self.epoch - m.seen > epochs]:
+            self._remove(m, f"silent for {self.config.expiry:g} s (lost its bus connection?)", True)
 
     def disconnected(self) -> None:
-        """The bus connection dropped: stop expiring others, we cannot hear them."""
         self.connected = False
 
     def reconnected(self) -> None:
         """Back on the bus (maybe through another server): tell the room we are still here."""
         self.connected = True
-        now = time.monotonic()
-        for m in self.members.values():
-            m.last_seen = now
         if self.admitted and not self.closed and not self.gone:
             self._spawn(self._publish_presence("beat"))
 
@@ -410,6 +410,8 @@ class BusRoom:
 
     def _on_record(self, data: bytes) -> None:
         token = data[1 : 1 + TOKEN_SIZE].hex()
+        if token == self.token_hex:
+            return  # our own record, back from the bus
         record = data[1 + TOKEN_SIZE :]
         m = self.members.get(token)
         if m is None or not self.admitted:
@@ -426,7 +428,7 @@ class BusRoom:
         if length != len(record) - HEADER.size or rtype not in (DATA, GOODBYE):
             self.stats.dropped_hostile += 1
             return
-        m.last_seen = time.monotonic()
+        m.seen = self.epoch
         m.seq += 1
         body = record[HEADER.size :]
         self._send_local(
@@ -443,8 +445,12 @@ class BusRoom:
         obj = decode_json(JOINED, body)
         event = obj.get("ev")
         token = hex_field(obj, "token", TOKEN_SIZE, JOINED).hex()
-        if event not in EVENTS or token == self.token_hex:
+        if event not in EVENTS:
             raise ProtocolError("bad presence")
+        if token == self.token_hex:
+            if event == "beat":
+                self._on_own_beat(obj.get("n"))
+            return
         if event == "who":
             ok = reply == f"{self.subject}.to.{token}" and self.nick and not self.gone
             if ok and self._who_allowed():
@@ -459,7 +465,7 @@ class BusRoom:
             return
         m = self.members.get(token)
         if m is not None:
-            m.last_seen = time.monotonic()
+            m.seen = self.epoch
             return
         seen = None
         if token in self.departed:
@@ -495,7 +501,7 @@ class BusRoom:
             raise ProtocolError("not of this room")
         if seen is not None:
             seq = min(seq, seen)
-        m = Remote(token, nick, nonce, mode, verifier, seq, time.monotonic())
+        m = Remote(token, nick, nonce, mode, verifier, seq, self.epoch)
         self.members[token] = m
         self.by_nonce[nonce] = token
         if self.admitted:

@@ -80,9 +80,6 @@ class _NatsBus:
         )
         self.subs.append(sub)
 
-    def backlog(self) -> int:
-        return sum(int(s.pending_msgs) for s in self.subs)
-
     async def close(self) -> None:
         # flush + close rather than drain: a member's last records must go out, but nothing
         # more will be read.
@@ -90,6 +87,21 @@ class _NatsBus:
             await self.nc.flush(timeout=2)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.nc.close(), 5)
+
+
+async def _any_answers(servers: list[str], timeout: float) -> bool:
+    async def probe(url: str) -> bool:
+        host, _, port = url.removeprefix("nats://").rpartition(":")
+        try:
+            _, w = await asyncio.wait_for(
+                asyncio.open_connection(host.strip("[]"), int(port)), timeout
+            )
+        except (OSError, TimeoutError):
+            return False
+        w.close()
+        return True
+
+    return any(await asyncio.gather(*(probe(u) for u in servers)))
 
 
 class NatsTransport(Transport):
@@ -130,6 +142,9 @@ class NatsTransport(Transport):
             raise UnavailableError(
                 "the nats transport needs nats-py: pip install 'cdev[nats]'"
             ) from None
+        if not await _any_answers(servers, timeout):
+            # nats-py would keep retrying an unreachable list forever: fail fast instead.
+            raise CdevError(f"cannot connect to {address}: no server answered")
         holder: list[BusRoom] = []
 
         async def on_error(exc: Exception) -> None:
@@ -153,7 +168,8 @@ class NatsTransport(Transport):
                     max_reconnect_attempts=-1,
                     allow_reconnect=True,
                     dont_randomize=not self.randomize,
-                    no_echo=True,
+                    # Our own beats must come back: they measure our lag (bus.py).
+                    no_echo=False,
                     error_cb=on_error,
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
