@@ -324,6 +324,7 @@ def run_workload(kind: str, peers: int, msgs: int, workers: int) -> dict[str, An
     cpu0 = _cpu(bprocs)
     results = [out.get(timeout=600) for _ in procs]
     cpu1 = _cpu(bprocs)
+    rss = sum(p.memory_info().rss for p in bprocs)
     for p in procs:
         p.join()
     if cluster is not None:
@@ -353,6 +354,7 @@ def run_workload(kind: str, peers: int, msgs: int, workers: int) -> dict[str, An
         "verified_records": sum(r.verified for r in results),
         "broker_cpu_s": round(cpu1 - cpu0, 2),
         "generator_cpu_s": round(sum(r.cpu for r in results), 2),
+        "broker_rss_mib": round(rss / 2**20, 1),
         "broker_us_per_delivery": round((cpu1 - cpu0) / max(delivered, 1) * 1e6, 3),
         "total_us_per_delivery": round(
             (cpu1 - cpu0 + sum(r.cpu for r in results)) / max(delivered, 1) * 1e6, 3
