@@ -49,10 +49,11 @@ import psutil
 from cdev.chat import crypto
 from cdev.chat.bus import BusConfig
 from cdev.chat.buspeer import open_bus_room
-from cdev.chat.client import RoomClient, open_room, sender_keys
+from cdev.chat.client import RoomClient, open_room
 from cdev.chat.cluster import LocalCluster
-from cdev.chat.framing import ERROR, JOINED, LEFT, RELAY, decode_json
+from cdev.chat.framing import DATA, ERROR, JOINED, LEFT, RELAY, decode_json
 from cdev.chat.options import ChatOptions
+from cdev.chat.room import sender_keys
 from cdev.plugins import get_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,9 +89,7 @@ def _nats_address(address: str, idx: int) -> str:
     return "nats://" + ",".join(hosts[k:] + hosts[:k]) + "/" + room
 
 
-async def _cdev_peer(
-    address: str, idx: int, opts: ChatOptions, room_key: bytes | None
-) -> RoomClient:
+async def _cdev_peer(address: str, idx: int, opts: ChatOptions) -> RoomClient:
     o = ChatOptions(
         nick=f"p{idx}",
         encrypt=opts.encrypt,
@@ -102,10 +101,9 @@ async def _cdev_peer(
     if address.startswith("nats://"):
         from cdev_plugins.nats import NatsTransport
 
-        # A long expiry: a generator saturated by the burst must not expire its peers.
-        tr = NatsTransport(mode=o.mode, config=BusConfig(settle=0.5, expiry=600), randomize=False)
-        return await open_bus_room(tr, _nats_address(address, idx), o, room_key=room_key)
-    return await open_room(get_registry().transport("tcp"), address, o, room_key=room_key)
+        tr = NatsTransport(mode=o.mode, config=BusConfig(settle=0.5), randomize=False)
+        return await open_bus_room(tr, _nats_address(address, idx), o)
+    return await open_room(get_registry().transport("tcp"), address, o)
 
 
 async def _worker_main(
@@ -125,17 +123,8 @@ async def _worker_main(
         if encrypted:
             opts.passphrase = PASSPHRASE.encode()
             opts.provider = get_registry().open_provider("software")
-        first = await _cdev_peer(address, mine[0], opts, None)
-        room_key = first.room_key  # scrypt once per process: same room, same salt
-        rest: list[RoomClient] = []
-        if kind.startswith("nats"):  # each waits out its presence settle: join together
-            rest = list(
-                await asyncio.gather(*(_cdev_peer(address, i, opts, room_key) for i in mine[1:]))
-            )
-        else:
-            for idx in mine[1:]:
-                rest.append(await _cdev_peer(address, idx, opts, room_key))
-        for idx, c in zip(mine, [first, *rest], strict=True):
+        for idx in mine:
+            c = await _cdev_peer(address, idx, opts)
             conns.append((idx, c.reader, c.writer, c))
         # Wait until every peer knows every other one (all joins are done).
         async with asyncio.timeout(300):
@@ -143,8 +132,12 @@ async def _worker_main(
                 for *_, c in conns:
                     while len(c.members) < peers - 1:
                         ev = await c.receive()
-                        if ev.kind != "joined":
+                        if ev.kind not in ("joined", "notice"):
                             res.bad.append(f"unexpected {ev.kind} before start")
+    early: dict[int, bytes] = {}
+    for idx, _, _, c in conns:
+        if c is not None:
+            early[idx] = await c.detach()  # from here on the receiver reads the socket
     await asyncio.to_thread(barrier.wait)
 
     async def sender(idx: int, w: asyncio.StreamWriter, c: RoomClient | None) -> None:
@@ -159,6 +152,7 @@ async def _worker_main(
         counts = [0] * peers
         got = 0
         buf = bytearray()
+        head = early.get(idx, b"")  # what the client had read but not handled
         verify = (idx + 1) % peers
         id2idx: dict[int, int] = {}
         opener = None
@@ -166,13 +160,14 @@ async def _worker_main(
             id2idx = {mid: int(m.nick[1:]) for mid, m in c.members.items()}
             if encrypted:
                 member = next(m for m in c.members.values() if m.nick == f"p{verify}")
-                assert c.room_key is not None and c.opts.provider is not None
-                opener = crypto.Opener(
-                    c.opts.provider, *sender_keys(c.room_key, member.nonce, member.nick), "v"
-                )
+                group_key = c.session.group_key
+                assert group_key is not None and c.opts.provider is not None
+                opener = crypto.Opener(c.opts.provider, *sender_keys(group_key, member.public), "v")
+                opener.expected = member.expected
         unpack = RELAY_HEAD.unpack_from
         while got < expected:
-            data = await r.read(1 << 18)
+            data = head or await r.read(1 << 18)
+            head = b""
             if not data:
                 res.bad.append(f"peer {idx}: connection closed after {got} deliveries")
                 break
@@ -198,7 +193,11 @@ async def _worker_main(
                     end = pos + 4 + length
                     if end > n:
                         break
-                    if rtype == RELAY:
+                    if rtype == RELAY and inner != DATA:
+                        # a late vouch or key list: group bookkeeping, not a delivery
+                        if opener is not None and id2idx.get(sid) == verify:
+                            opener.expected += 1  # it is numbered in that sender's stream
+                    elif rtype == RELAY:
                         s = id2idx[sid]
                         k = counts[s]
                         counts[s] = k + 1
@@ -207,6 +206,12 @@ async def _worker_main(
                             res.recvs.append((s, k, now))
                         if s == verify:
                             body = bytes(buf[pos + 9 : end])
+                            if opener is not None:  # the full check: signature and MAC
+                                sig = body[-crypto.SIG_SIZE :]
+                                body = body[: -crypto.SIG_SIZE]
+                                signed = c.session._signed_part(inner, body) if c else b""
+                                if not crypto.verify(member.key, sig, signed):
+                                    res.bad.append(f"peer {idx}: bad signature from {s}")
                             text = opener.open(inner, body) if opener else body
                             if text != line(s, k):
                                 res.bad.append(f"peer {idx}: wrong content from {s} #{k}")
@@ -372,7 +377,7 @@ async def _idle_peers(kind: str, address: str, mine: list[int], hold: Any, done:
         if kind == "ncat":
             conns.append(await asyncio.open_connection(host, int(port)))
         else:
-            c = await _cdev_peer(address, idx, opts, None)
+            c = await _cdev_peer(address, idx, opts)
             conns.append((c.reader, c.writer))
 
     async def drain(r: asyncio.StreamReader) -> None:

@@ -9,6 +9,8 @@ socket or from anything a plugin adds. Transports are registered through
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,3 +46,28 @@ class TransportEntry:
     description: str
     factory: Callable[[], Transport]
     plugin: str
+
+
+def peer_source(writer: asyncio.StreamWriter) -> str:
+    """Who is at the other end, for per-source limits: the IP address (not the port) of a
+    network peer, the user id of a local (Unix socket) peer, else the peer's name."""
+    name = writer.get_extra_info("peername")
+    if isinstance(name, tuple) and name:
+        return f"ip {name[0]}"
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            _, uid, _ = struct.unpack("3i", creds)
+            return f"uid {uid}"
+        except OSError:
+            return "local"
+    return str(name or "unknown")
+
+
+def peer_label(writer: asyncio.StreamWriter) -> str:
+    """A connection's name for logs: ``host:port`` or ``unix peer``."""
+    name = writer.get_extra_info("peername")
+    if isinstance(name, tuple) and len(name) >= 2:
+        return f"{name[0]}:{name[1]}"
+    return "unix peer"

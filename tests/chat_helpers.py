@@ -15,12 +15,10 @@ from typing import Any
 
 from cdev.chat.broker import Broker, BrokerConfig, run_broker
 from cdev.chat.options import ChatOptions
-from cdev.keys import ScryptParams
 from cdev.plugins import get_registry
 from cdev.transport import Transport
 
 CDEV = str(Path(sys.executable).with_name("cdev"))
-FAST_SCRYPT = ScryptParams(log_n=10)  # tests check the protocol, not scrypt's cost
 HANG_GUARD = 30.0  # generous: only there so a bug fails instead of hanging
 
 
@@ -98,7 +96,6 @@ def options(nick: str, passphrase: str | None = None, **kw: Any) -> ChatOptions:
         opts.encrypt = True
         opts.passphrase = passphrase.encode()
         opts.provider = get_registry().open_provider("software")
-        opts.scrypt = FAST_SCRYPT
     return opts
 
 
@@ -107,7 +104,7 @@ async def broker(
     config: BrokerConfig | None = None, transport: Transport | None = None, address: str = ""
 ) -> AsyncIterator[tuple[Broker, str]]:
     """An in-process broker on a free port; yields it and its address."""
-    config = config or BrokerConfig(quiet=True, scrypt=FAST_SCRYPT)
+    config = config or BrokerConfig(quiet=True)
     transport = transport or tcp()
     address = address or f"127.0.0.1:{free_port()}"
     started: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -121,5 +118,5 @@ async def broker(
             await task
 
 
-def run(coro_fn: Callable[[], Any]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro_fn(), HANG_GUARD * 2))
+def run(coro_fn: Callable[[], Any], guard: float = HANG_GUARD * 2) -> Any:
+    return asyncio.run(asyncio.wait_for(coro_fn(), guard))

@@ -13,6 +13,7 @@ import pytest
 
 from cdev.chat import twopeer
 from cdev.chat.framing import DATA, GOODBYE, HEADER, encode
+from cdev.errors import CdevError
 from tests.chat_helpers import (
     HANG_GUARD,
     env,
@@ -71,26 +72,67 @@ def test_conversation_both_ways_at_once(mode: str, tmp_path: Path) -> None:
         assert fps[0] == fps[1]
 
 
-def test_wrong_passphrase_reported_on_both_sides() -> None:
+def test_wrong_passphrase_drops_that_peer_and_the_listener_keeps_waiting() -> None:
     address = f"127.0.0.1:{free_port()}"
     listener = spawn("listen", address, "-e", passphrase="right")
-    wait_listening(address)
-    connector = spawn("connect", address, "-e", passphrase="wrong")
-    results = _communicate([listener, connector], [b"secret\n", b"secret\n"])
-    for rc, out, err in results:
-        assert rc == 1
-        assert out == b""  # no message shown before key confirmation
+    try:
+        wait_listening(address)
+        wrong = spawn("connect", address, "-e", passphrase="wrong")
+        out, err = wrong.communicate(b"secret\n", timeout=HANG_GUARD)
+        assert wrong.returncode == 1 and out == b""  # nothing shown before confirmation
         assert "wrong passphrase" in one_error_line(err)
+        wait_for_line(listener, "stderr", b"wrong passphrase")
+        right = spawn("connect", address, "-e", passphrase="right")
+        (lrc, lout, _), (crc, cout, _) = _communicate([listener, right], [b"hi C\n", b"hi L\n"])
+        assert (lrc, crc, lout, cout) == (0, 0, b"hi L\n", b"hi C\n")
+    finally:
+        listener.kill()
+        listener.wait()
 
 
-def test_mode_mismatch_is_explained() -> None:
+def test_mode_mismatch_is_explained_and_the_listener_keeps_waiting() -> None:
     address = f"127.0.0.1:{free_port()}"
     listener = spawn("listen", address, "-e", passphrase="pw")
-    wait_listening(address)
-    connector = spawn("connect", address)
-    (lrc, _, lerr), (crc, _, cerr) = _communicate([listener, connector], [b"", b""])
-    assert crc == 1 and "add --encrypt" in one_error_line(cerr)
-    assert lrc == 1 and "both sides need --encrypt" in one_error_line(lerr)
+    try:
+        wait_listening(address)
+        connector = spawn("connect", address)
+        _, cerr = connector.communicate(b"", timeout=HANG_GUARD)
+        assert connector.returncode == 1 and "add --encrypt" in one_error_line(cerr)
+        wait_for_line(listener, "stderr", b"both sides need --encrypt")
+        assert listener.poll() is None
+    finally:
+        listener.kill()
+        listener.wait()
+
+
+def test_handshakes_are_rate_limited_per_source() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    listener = spawn("listen", address, "-e", passphrase="right")
+    try:
+        wait_listening(address)
+
+        async def guesses() -> list[str]:
+            errors = []
+            for _ in range(8):  # a guesser: one guess per connection, and few connections
+                reader, writer = await tcp().connect(address, 5)
+                try:
+                    await twopeer.handshake(reader, writer, twopeer.CONNECT, options("g", "guess"))
+                except CdevError as exc:
+                    errors.append(str(exc))
+                finally:
+                    writer.close()
+            return errors
+
+        errors = asyncio.run(asyncio.wait_for(guesses(), HANG_GUARD))
+        assert len(errors) == 8
+        # the burst of 5 (the readiness probe took one), then refusals before any PAKE
+        assert sum("wrong passphrase" in e for e in errors) <= 5
+        assert "too many handshakes from your address" in errors[-1]
+        wait_for_line(listener, "stderr", b"too many handshakes from ip 127.0.0.1")
+        assert listener.poll() is None  # still listening
+    finally:
+        listener.kill()
+        listener.wait()
 
 
 def test_silent_peer_is_dropped_and_listener_keeps_waiting() -> None:

@@ -1,7 +1,9 @@
 """The broker: many peers in one room, like ``ncat --broker --chat``.
 
-The broker never holds a key. Peers of an encrypted room seal every message end to end with
-per-sender keys (see ``docs/chat-protocol.md``); the broker only frames and relays bytes.
+The broker's whole job is membership (ids, nicknames, each member's announced info) and
+relaying, to everyone or to one member. It never holds a key and never reads what members
+send each other: the PAKE, the group key, signatures and sequence numbers are end to end, in
+:mod:`cdev.chat.room` (see ``docs/chat-protocol.md``); a message bus can take its place.
 The hot path is callback-based (an asyncio Protocol per peer, not streams): each received
 record is wrapped once and appended to every other peer's out-queue, and the queues are
 flushed once per event-loop turn, so many records leave in one write() per peer.
@@ -16,43 +18,48 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import os
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from cdev.chat import crypto
 from cdev.chat.framing import (
+    ANNOUNCE,
     DATA,
+    DIRECT,
+    DIRECT_PREFIX,
+    DIRECT_TYPES,
     ERROR,
     GOODBYE,
     HEADER,
     HELLO,
+    INFO,
     JOINED,
+    KEYS,
     LEFT,
     MAX_BODY,
+    MAX_INFO,
     PROTO,
     RELAY,
     RELAY_PREFIX,
     TYPE_NAMES,
     VERSION,
+    VOUCH,
     WELCOME,
     ProtocolError,
     RecordParser,
     check_hello,
+    check_inner,
     decode_json,
     encode_json,
-    hex_field,
 )
 from cdev.chat.framing import (
     field as jfield,
 )
+from cdev.chat.limits import HandshakeLimiter
 from cdev.chat.options import NICK_RE
 from cdev.errors import EXIT_OK
-from cdev.keys import ScryptParams
-from cdev.transport import Transport
+from cdev.transport import Transport, peer_label, peer_source
 
 HARD_FACTOR = 16  # queued bytes above max_queue * HARD_FACTOR drop a peer at once
 MAX_DATA = MAX_BODY - RELAY_PREFIX.size  # a relayed record must still fit in MAX_BODY
@@ -68,7 +75,11 @@ class BrokerConfig:
     burst: float = 1000.0
     max_peers: int = 10000
     quiet: bool = False
-    scrypt: ScryptParams = field(default_factory=lambda: crypto.CHAT_SCRYPT)
+    # New connections per source (IP address or local user): a burst, then a rate. The
+    # broker runs no crypto, so this only stops connection floods; the PAKE runs are
+    # budgeted by each sponsoring member (room.py).
+    handshake_burst: float = 500.0
+    handshake_rate: float = 50.0
 
 
 class PeerConn(asyncio.Protocol):
@@ -84,7 +95,7 @@ class PeerConn(asyncio.Protocol):
         self.parser = RecordParser()
         self.id = 0
         self.nick = ""
-        self.nonce = ""
+        self.info = ""
         self.joined = False
         self.closed = False
         self.out: list[bytes] = []
@@ -173,11 +184,12 @@ class PeerConn(asyncio.Protocol):
         if not self.closed:
             self.broker.queue(self, record)
 
-    def kick(self, reason: str, *, abort: bool = False) -> None:
+    def kick(self, reason: str, *, abort: bool = False, quiet: bool = False) -> None:
         """Disconnect with a reason: to the peer as ERROR, to the log and to the room."""
         if self.closed:
             return
-        self.broker.log(f"dropped {self.label}: {reason}")
+        if not quiet:  # a flood of refused connections must not flood the log too
+            self.broker.log(f"dropped {self.label}: {reason}")
         if abort:
             self.out.clear()
             self.transport.abort()  # its queue is what is wrong: do not wait to flush it
@@ -205,15 +217,13 @@ class PeerConn(asyncio.Protocol):
 class Broker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
-        self.salt = os.urandom(crypto.SALT_SIZE)
         self.peers: dict[int, PeerConn] = {}
         self.nicks: dict[str, PeerConn] = {}
-        self.verifier: bytes | None = None
+        self.limiter = HandshakeLimiter(config.handshake_burst, config.handshake_rate)
         self._next_id = 1
         self._dirty: list[PeerConn] = []
         self._flush_pending = False
         self.connections = 0
-        p = config.scrypt
         self.hello_frame = encode_json(
             HELLO,
             {
@@ -221,8 +231,6 @@ class Broker:
                 "version": VERSION,
                 "role": "broker",
                 "mode": "encrypted" if config.encrypted else "plain",
-                "salt": self.salt.hex(),
-                "scrypt": [p.log_n, p.r, p.p],
             },
         )
 
@@ -236,13 +244,14 @@ class Broker:
         assert isinstance(transport, asyncio.Transport)
         # Bytes the stream reader already buffered belong to the first records.
         leftover = bytes(getattr(reader, "_buffer", b""))
-        name = writer.get_extra_info("peername")
-        label = f"{name[0]}:{name[1]}" if isinstance(name, tuple) else "unix peer"
-        conn = PeerConn(self, transport, writer, label)
+        conn = PeerConn(self, transport, writer, peer_label(writer))
         transport.set_protocol(conn)
         self.connections += 1
         if self.connections > self.config.max_peers:
             conn.kick(f"broker is full ({self.config.max_peers} peers)")
+            return
+        if not self.limiter.allow(peer_source(writer)):
+            conn.kick("too many connections from your address: try again later", quiet=True)
             return
         conn.start(leftover, reader.at_eof())
 
@@ -263,7 +272,6 @@ class Broker:
         nick = jfield(hello, "nick", str, HELLO)
         if not NICK_RE.fullmatch(nick):
             raise ProtocolError(f"bad nickname {nick[:40]!r}")
-        nonce = hex_field(hello, "nonce", crypto.NONCE_SIZE, HELLO).hex()
         mode = hello.get("mode")
         want = "encrypted" if self.config.encrypted else "plain"
         if mode != want:
@@ -272,26 +280,19 @@ class Broker:
                 if self.config.encrypted
                 else "this room is plain: join without --encrypt"
             )
-        if self.config.encrypted:
-            verifier = hex_field(hello, "verifier", 32, HELLO)
-            if self.verifier is None or not self.peers:
-                # The first peer of an empty room sets the room's passphrase check.
-                self.verifier = verifier
-            elif not hmac.compare_digest(verifier, self.verifier):
-                raise ProtocolError("wrong passphrase: key confirmation against the room failed")
         if nick in self.nicks:
             raise ProtocolError(f"nickname {nick!r} is taken")
         if conn._timer:
             conn._timer.cancel()
-        conn.id, conn.nick, conn.nonce, conn.joined = self._next_id, nick, nonce, True
+        conn.id, conn.nick, conn.joined = self._next_id, nick, True
         self._next_id += 1
         # WELCOME gives the member count; one JOINED per member follows, so a big room
         # never needs a record larger than the control-record limit.
         count = len(self.peers)
         conn.send_now(encode_json(WELCOME, {"id": conn.id, "nick": nick, "members": count}))
         for p in self.peers.values():
-            conn.send_now(encode_json(JOINED, {"id": p.id, "nick": p.nick, "nonce": p.nonce}))
-        joined = encode_json(JOINED, {"id": conn.id, "nick": nick, "nonce": nonce})
+            conn.send_now(encode_json(JOINED, {"id": p.id, "nick": p.nick, "info": p.info}))
+        joined = encode_json(JOINED, {"id": conn.id, "nick": nick, "info": ""})
         for p in self.peers.values():
             self.queue(p, joined)
         self.peers[conn.id] = conn
@@ -301,7 +302,7 @@ class Broker:
     # -- the hot path ----------------------------------------------------------------------
     def relay(self, src: PeerConn, rtype: int, body: bytes) -> None:
         if rtype != DATA and rtype != GOODBYE:
-            src.kick(f"unexpected {TYPE_NAMES[rtype]} record after joining")
+            self.relay_other(src, rtype, body)
             return
         if len(body) > MAX_DATA:
             src.kick(f"oversize record: {len(body)} bytes (maximum {MAX_DATA})")
@@ -324,6 +325,57 @@ class Broker:
         if rtype == GOODBYE:
             src.said_goodbye = True
             src.finish("goodbye")
+
+    def relay_other(self, src: PeerConn, rtype: int, body: bytes) -> None:
+        """The rarer records: vouches, one member's handshake with another, announcements."""
+        encrypted = self.config.encrypted
+        if rtype in (VOUCH, KEYS) and encrypted:
+            if len(body) > MAX_DATA:
+                src.kick(f"oversize record: {len(body)} bytes (maximum {MAX_DATA})")
+                return
+            src.tokens -= 1
+            frame = (
+                HEADER.pack(RELAY, 0, len(body) + RELAY_PREFIX.size)
+                + RELAY_PREFIX.pack(src.id, rtype)
+                + body
+            )
+            for p in self.peers.values():
+                if p is not src:
+                    self.queue(p, frame)
+        elif rtype == DIRECT and encrypted:
+            if len(body) < DIRECT_PREFIX.size:
+                src.kick("malformed DIRECT record")
+                return
+            to, inner = DIRECT_PREFIX.unpack_from(body)
+            try:
+                check_inner(inner, len(body) - DIRECT_PREFIX.size)
+                if inner not in DIRECT_TYPES:
+                    raise ProtocolError(f"a {TYPE_NAMES[inner]} record cannot go to one member")
+            except ProtocolError as exc:
+                src.kick(str(exc))
+                return
+            src.tokens -= 1
+            target = self.peers.get(to)
+            if target is not None and target is not src:  # gone already: nothing to do
+                # DIRECT and RELAY prefixes have one size: the frame is as long as the record
+                frame = HEADER.pack(RELAY, 0, len(body)) + RELAY_PREFIX.pack(src.id, inner)
+                self.queue(target, frame + body[DIRECT_PREFIX.size :])
+        elif rtype == ANNOUNCE and encrypted:
+            try:
+                info = body.decode("ascii")
+            except UnicodeDecodeError:
+                info = "\0"
+            if len(body) > MAX_INFO or not all(" " < c <= "~" for c in info):
+                src.kick(f"malformed ANNOUNCE record (at most {MAX_INFO} printable characters)")
+                return
+            src.tokens -= 1
+            src.info = info
+            record = encode_json(INFO, {"id": src.id, "info": info})
+            for p in self.peers.values():
+                if p is not src:
+                    self.queue(p, record)
+        else:
+            src.kick(f"unexpected {TYPE_NAMES[rtype]} record after joining")
 
     def queue(self, p: PeerConn, record: bytes) -> None:
         if not p.out:

@@ -1,51 +1,61 @@
 """The broker's role played over a message bus: relay and presence without a broker process.
 
-A member of a bus room runs the unchanged member protocol (:class:`cdev.chat.client.RoomClient`)
-over a local socket pair. At the other end of the pair a :class:`BusRoom` speaks the broker's
-side of the protocol for that one member: it sends the broker HELLO, admits the member, lists
-who is in the room (WELCOME, JOINED), publishes the member's DATA/GOODBYE records on the room's
-subject and hands every other member's records to it as RELAY records. There is one BusRoom per
-member and none in the middle: the bus only carries what members publish.
+A member of a bus room runs the unchanged member protocol (:class:`cdev.chat.client.RoomClient`
+and its :class:`cdev.chat.room.RoomSession`) over a local socket pair. At the other end of the
+pair a :class:`BusRoom` speaks the broker's side of the protocol for that one member: it sends
+the broker HELLO, admits the member, lists who is in the room (WELCOME, JOINED, INFO, LEFT),
+publishes the member's records (broadcast ones, and DIRECT ones addressed to one member) on the
+room's subject, and hands the records meant for its member to it as RELAY records. There is
+one BusRoom per member and none in the middle: the bus only carries what members publish.
 
-Presence (who is in the room) is kept by every BusRoom from what the others publish: ``who``
-(a newcomer asks; members answer ``here`` to its inbox), ``join``, a ``beat`` every
-``heartbeat`` seconds, and ``leave``. A member not heard from for ``expiry`` seconds is announced
-as gone (LEFT). Presence is not authenticated, exactly like a broker's JOINED/LEFT: whoever can
-publish on the room's subject has the broker's powers (see docs/chat-protocol.md), and no more:
-records stay sealed and numbered end to end by the members.
+Member ids are chosen by each member at random (32 bits, checked against those present) rather
+than numbered by a broker, so that they mean the same member to everyone: the room protocol
+names members by id in its VOUCH and ROSTER records.
+
+Presence is kept by every BusRoom from what the others publish: ``who`` (a newcomer asks;
+members answer ``here`` to its inbox), ``join``, ``info`` (the member's announced group), a
+``beat`` every ``heartbeat`` seconds and ``leave``. A member not heard from for ``expiry``
+seconds is announced as gone (LEFT). Presence is not authenticated, exactly like a broker's
+JOINED/LEFT: whoever can publish on the room's subject has the broker's powers
+(docs/chat-bus.md), and no more: membership of the group, keys, signatures and sequence
+numbers are end to end, in the members' RoomSessions.
 
 Everything read from the bus is hostile: sizes are bounded before parsing, every field is
-checked, a member cannot be announced twice or with another member's nonce, and answers to
-``who`` are rate limited.
+checked, a member cannot be announced twice, and answers to ``who`` are rate limited.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import os
 import re
 import socket
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cdev.chat import crypto
 from cdev.chat.framing import (
+    ANNOUNCE,
+    BROADCAST_TYPES,
     DATA,
+    DIRECT,
+    DIRECT_PREFIX,
+    DIRECT_TYPES,
     ERROR,
     GOODBYE,
     HEADER,
     HELLO,
+    INFO,
     JOINED,
     LEFT,
     MAX_BODY,
     MAX_CONTROL,
+    MAX_INFO,
     PROTO,
     RELAY,
     RELAY_PREFIX,
@@ -56,24 +66,25 @@ from cdev.chat.framing import (
     ProtocolError,
     check_header,
     check_hello,
+    check_inner,
     decode_json,
     encode_json,
-    hex_field,
     read_record,
 )
 from cdev.chat.framing import field as jfield
 from cdev.chat.options import NICK_RE, close_writer
 from cdev.errors import CdevError, UsageError
 
-SUBJECT_PREFIX = "cdev.chat.1"
+SUBJECT_PREFIX = f"cdev.chat.{VERSION}"
 ROOM_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-TOKEN_SIZE = 16
 RECORD_TAG = b"R"
 PRESENCE_TAG = b"P"
+ROUTE = struct.Struct("!II")  # sender id, recipient id (0: everyone)
 MAX_DATA = MAX_BODY - RELAY_PREFIX.size
-# The biggest message a member publishes: tag, token, one record.
-MAX_MESSAGE = 1 + TOKEN_SIZE + HEADER.size + MAX_DATA
-EVENTS = frozenset({"who", "here", "join", "beat", "leave"})
+# The biggest message a member publishes: tag, route, one record.
+MAX_MESSAGE = 1 + ROUTE.size + HEADER.size + MAX_DATA
+EVENTS = frozenset({"who", "here", "join", "beat", "info", "leave"})
+MAX_ID = (1 << 32) - 1
 
 
 class Bus(Protocol):
@@ -95,7 +106,7 @@ class BusConfig:
     handshake_timeout: float = 10.0
     max_members: int = 10000
     max_queue: int = 32 << 20  # bytes queued to our member before records are dropped
-    who_rate: float = 20.0  # answers to "who" per second (a bucket of this size)
+    who_rate: float = 100.0  # answers to "who" per second (a bucket of this size)
 
 
 def check_room(room: str) -> str:
@@ -104,21 +115,17 @@ def check_room(room: str) -> str:
     return room
 
 
-def room_salt(room: str) -> bytes:
-    """Every member of a room derives the same salt; nobody on the bus chooses it."""
-    return hashlib.sha256(b"cdev-chat bus room salt\0" + room.encode()).digest()[: crypto.SALT_SIZE]
+def _good_info(info: object) -> bool:
+    return isinstance(info, str) and len(info) <= MAX_INFO and all(" " < c <= "~" for c in info)
 
 
 @dataclass
 class Remote:
-    token: str
+    id: int
     nick: str
-    nonce: str
     mode: str
-    verifier: str
-    seq: int
+    info: str
     seen: int  # our epoch when we last heard from it
-    id: int = 0
 
 
 @dataclass
@@ -138,29 +145,21 @@ class BusRoom:
         room: str,
         mode_hint: str | None = None,
         config: BusConfig | None = None,
-        scrypt: tuple[int, int, int] = (crypto.CHAT_SCRYPT.log_n, crypto.CHAT_SCRYPT.r,
-                                        crypto.CHAT_SCRYPT.p),
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.bus = bus
         self.room = check_room(room)
         self.subject = f"{SUBJECT_PREFIX}.{room}"
-        self.token = os.urandom(TOKEN_SIZE)
-        self.token_hex = self.token.hex()
-        self.inbox = f"{self.subject}.to.{self.token_hex}"
+        self.id = 0
+        self.inbox = ""
         self.mode_hint = mode_hint
         self.mode = mode_hint or "encrypted"
         self.config = config or BusConfig()
-        self.scrypt = scrypt
-        self.salt = room_salt(room)
-        self.members: dict[str, Remote] = {}
-        self.by_nonce: dict[str, str] = {}
-        # Tokens of members that left: (when, records seen from them, whether they expired).
-        self.departed: OrderedDict[str, tuple[float, int, bool]] = OrderedDict()
+        self.members: dict[int, Remote] = {}
+        # Members that left: a late beat does not bring them back (they must join again).
+        self.departed: OrderedDict[int, None] = OrderedDict()
         self.stats = _Stats()
         self.nick = ""
-        self.nonce = ""
-        self.verifier = ""
-        self.seq = 0  # our member's next record number (it numbers from 0)
+        self.info = ""
         self.admitted = False
         self.closed = False
         self.gone = False  # our member said goodbye or left
@@ -169,8 +168,8 @@ class BusRoom:
         # ``epoch`` counts them, and time on the bus is measured in epochs, not seconds.
         self.epoch = 0
         self._beats = 0
-        self._next_id = 2  # our member is 1
         self._early: list[tuple[str, str, bytes]] = []
+        self._rivals: set[int] = set()  # newcomers asking "who" while we were
         self._who_tokens = self.config.who_rate
         self._who_stamp = time.monotonic()
         self._writer: asyncio.StreamWriter | None = None
@@ -182,18 +181,47 @@ class BusRoom:
     async def attach(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Subscribe, ask who is there, and return the member's end of the connection."""
         await self.bus.subscribe(self.subject, self._on_message)
+        # A provisional id for the inbox; the final one avoids every id we then know of.
+        self.id = self._fresh_id()
+        self.inbox = f"{self.subject}.to.{self.id}"
         await self.bus.subscribe(self.inbox, self._on_message)
         await self._publish_presence("who", reply=self.inbox)
         await asyncio.sleep(self.config.settle)
+        loop = asyncio.get_running_loop()
+        # A room that looks empty may only have had its answers rate limited or lost: listen
+        # for one round of beats before founding a group in it.
+        deadline = loop.time() + self.config.heartbeat
+        while not self.members and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if not self.members:
+            # Ask once more: a newcomer that subscribed after our first "who" sees this one,
+            # so every newcomer of the same moment knows of every other (the rivals below).
+            await self._publish_presence("who", reply=self.inbox)
+            await asyncio.sleep(self.config.settle)
+        # Newcomers to an empty room at the same moment would each found a group of their own:
+        # the one with the lowest id goes first, the others wait until it is there.
+        deadline = loop.time() + self.config.handshake_timeout / 2
+        while (
+            not self.members and any(r < self.id for r in self._rivals) and loop.time() < deadline
+        ):
+            await asyncio.sleep(0.05)
         modes = {m.mode for m in self.members.values()}
         if len(modes) == 1:
             self.mode = modes.pop()  # an existing room keeps its mode, like a broker's
+        if self.id in self.members:
+            raise CdevError("could not pick a free member id: try again")
         ours, theirs = socket.socketpair()
         member = await asyncio.open_connection(sock=ours, limit=1 << 20)
         local_reader, local_writer = await asyncio.open_connection(sock=theirs, limit=1 << 20)
         self._writer = local_writer
         self._tasks.append(asyncio.create_task(self._serve(local_reader, local_writer)))
         return member
+
+    def _fresh_id(self) -> int:
+        while True:
+            mid = int.from_bytes(os.urandom(4), "big")
+            if 1 < mid <= MAX_ID and mid not in self.members:
+                return mid
 
     def _send_local(self, record: bytes) -> None:
         w = self._writer
@@ -226,20 +254,11 @@ class BusRoom:
             self._tasks.append(asyncio.create_task(self._heartbeat()))
             while True:
                 rtype, body = await read_record(reader)
-                if rtype not in (DATA, GOODBYE):
-                    refusal = f"unexpected {TYPE_NAMES[rtype]} record after joining"
+                refusal = await self._from_member(rtype, body)
+                if refusal is not None:
                     self._send_local(encode_json(ERROR, {"message": refusal}))
                     reason = "protocol error"
                     return
-                if len(body) > MAX_DATA:
-                    self._send_local(encode_json(ERROR, {"message": "oversize record"}))
-                    reason = "protocol error"
-                    return
-                await self.bus.publish(
-                    self.subject,
-                    RECORD_TAG + self.token + HEADER.pack(rtype, 0, len(body)) + body,
-                )
-                self.seq += 1
                 if rtype == GOODBYE:
                     # Out of the room for the others; our member may still read what is
                     # on its way (like a half-closed connection) until it closes its end.
@@ -257,17 +276,41 @@ class BusRoom:
             await close_writer(writer)
             self.finished.set()
 
+    async def _from_member(self, rtype: int, body: bytes) -> str | None:
+        """Publish one record of our member; a reason to drop it on a protocol error."""
+        encrypted = self.mode == "encrypted"
+        if rtype in (DATA, GOODBYE) or (rtype in BROADCAST_TYPES and encrypted):
+            if len(body) > MAX_DATA:
+                return f"oversize record: {len(body)} bytes (maximum {MAX_DATA})"
+            await self._publish_record(0, rtype, body)
+        elif rtype == DIRECT and encrypted:
+            if len(body) < DIRECT_PREFIX.size:
+                return "malformed DIRECT record"
+            to, inner = DIRECT_PREFIX.unpack_from(body)
+            try:
+                check_inner(inner, len(body) - DIRECT_PREFIX.size)
+            except ProtocolError as exc:
+                return str(exc)
+            if inner not in DIRECT_TYPES:
+                return f"a {TYPE_NAMES[inner]} record cannot go to one member"
+            if to in self.members:  # gone already: nothing to do
+                await self._publish_record(to, inner, body[DIRECT_PREFIX.size :])
+        elif rtype == ANNOUNCE and encrypted:
+            try:
+                info = body.decode("ascii")
+            except UnicodeDecodeError:
+                info = "\0"
+            if not _good_info(info):
+                return f"malformed ANNOUNCE record (at most {MAX_INFO} printable characters)"
+            self.info = info
+            await self._publish_presence("info")
+        else:
+            return f"unexpected {TYPE_NAMES[rtype]} record after joining"
+        return None
+
     def _hello(self) -> bytes:
         return encode_json(
-            HELLO,
-            {
-                "proto": PROTO,
-                "version": VERSION,
-                "role": "broker",
-                "mode": self.mode,
-                "salt": self.salt.hex(),
-                "scrypt": list(self.scrypt),
-            },
+            HELLO, {"proto": PROTO, "version": VERSION, "role": "broker", "mode": self.mode}
         )
 
     def _admit(self, rtype: int, body: bytes) -> str | None:
@@ -281,42 +324,38 @@ class BusRoom:
         nick = jfield(hello, "nick", str, HELLO)
         if not NICK_RE.fullmatch(nick):
             raise ProtocolError(f"bad nickname {nick[:40]!r}")
-        nonce = hex_field(hello, "nonce", crypto.NONCE_SIZE, HELLO).hex()
         if hello.get("mode") != self.mode:
             return (
                 "this room is encrypted: join with --encrypt"
                 if self.mode == "encrypted"
                 else "this room is plain: join without --encrypt"
             )
-        verifier = ""
-        if self.mode == "encrypted":
-            verifier = hex_field(hello, "verifier", 32, HELLO).hex()
-            for m in self.members.values():
-                if not hmac.compare_digest(m.verifier, verifier):
-                    return "wrong passphrase: key confirmation against the room failed"
         if any(m.nick == nick for m in self.members.values()):
             return f"nickname {nick!r} is taken"
-        if nonce in self.by_nonce:
-            return "nonce already in use in the room"
-        self.nick, self.nonce, self.verifier = nick, nonce, verifier
+        self.nick = nick
+        # Members of the other mode are not in our room.
+        for m in [m for m in self.members.values() if m.mode != self.mode]:
+            del self.members[m.id]
         self._send_local(
-            encode_json(WELCOME, {"id": 1, "nick": nick, "members": len(self.members)})
+            encode_json(WELCOME, {"id": self.id, "nick": nick, "members": len(self.members)})
         )
         self.admitted = True
         for m in self.members.values():
-            self._announce(m)
+            self._send_local(encode_json(JOINED, {"id": m.id, "nick": m.nick, "info": m.info}))
         early, self._early = self._early, []
         for subject, reply, data in early:
             self._on_message(subject, reply, data)
         return None
 
     # -- publishing ------------------------------------------------------------------------
+    async def _publish_record(self, to: int, rtype: int, body: bytes) -> None:
+        payload = RECORD_TAG + ROUTE.pack(self.id, to) + HEADER.pack(rtype, 0, len(body)) + body
+        await self.bus.publish(self.subject, payload)
+
     def _presence(self, event: str, **extra: Any) -> bytes:
-        obj: dict[str, Any] = {"ev": event, "token": self.token_hex, "mode": self.mode}
+        obj: dict[str, Any] = {"ev": event, "id": self.id, "mode": self.mode}
         if self.nick:
-            obj |= {"nick": self.nick, "nonce": self.nonce, "seq": self.seq}
-            if self.verifier:
-                obj["verifier"] = self.verifier
+            obj |= {"nick": self.nick, "info": self.info}
         obj |= extra
         return PRESENCE_TAG + json.dumps(obj, separators=(",", ":")).encode()
 
@@ -354,7 +393,7 @@ class BusRoom:
         self.epoch += 1
         epochs = max(2, round(self.config.expiry / self.config.heartbeat))
         for m in [m for m in self.members.values() if self.epoch - m.seen > epochs]:
-            self._remove(m, f"silent for {self.config.expiry:g} s (lost its bus connection?)", True)
+            self._remove(m, f"silent for {self.config.expiry:g} s (lost its bus connection?)")
 
     def disconnected(self) -> None:
         self.connected = False
@@ -398,42 +437,43 @@ class BusRoom:
                 self._early.append((subject, reply, data))
             return
         tag = data[:1]
-        if tag == RECORD_TAG:
-            self._on_record(data)
-        elif tag == PRESENCE_TAG:
-            try:
+        try:
+            if tag == RECORD_TAG:
+                self._on_record(data)
+            elif tag == PRESENCE_TAG:
                 self._on_presence(reply, data[1:])
-            except ProtocolError:
-                self.stats.dropped_hostile += 1
-        else:
+            else:
+                raise ProtocolError("unknown message")
+        except ProtocolError:
             self.stats.dropped_hostile += 1
 
     def _on_record(self, data: bytes) -> None:
-        token = data[1 : 1 + TOKEN_SIZE].hex()
-        if token == self.token_hex:
-            return  # our own record, back from the bus
-        record = data[1 + TOKEN_SIZE :]
-        m = self.members.get(token)
+        if len(data) < 1 + ROUTE.size + HEADER.size:
+            raise ProtocolError("short record")
+        sender, to = ROUTE.unpack_from(data, 1)
+        if sender == self.id or to not in (0, self.id):
+            return  # a handshake record for another member
+        m = self.members.get(sender)
         if m is None or not self.admitted:
             self.stats.dropped_unknown += 1
             return
-        if len(record) < HEADER.size:
-            self.stats.dropped_hostile += 1
-            return
+        record = data[1 + ROUTE.size :]
         rtype, flags, length = HEADER.unpack_from(record)
-        try:
-            check_header(rtype, flags, length)
-        except ProtocolError:
-            length = -1
-        if length != len(record) - HEADER.size or rtype not in (DATA, GOODBYE):
-            self.stats.dropped_hostile += 1
-            return
+        check_header(rtype, flags, length)
+        if length != len(record) - HEADER.size:
+            raise ProtocolError("bad length")
+        encrypted = self.mode == "encrypted"
+        if to == 0:
+            ok = rtype in (DATA, GOODBYE) or (encrypted and rtype in BROADCAST_TYPES)
+        else:
+            ok = encrypted and rtype in DIRECT_TYPES
+        if not ok or length > MAX_DATA:
+            raise ProtocolError("record type not allowed here")
         m.seen = self.epoch
-        m.seq += 1
         body = record[HEADER.size :]
         self._send_local(
             HEADER.pack(RELAY, 0, len(body) + RELAY_PREFIX.size)
-            + RELAY_PREFIX.pack(m.id, rtype)
+            + RELAY_PREFIX.pack(sender, rtype)
             + body
         )
         if rtype == GOODBYE:
@@ -444,83 +484,61 @@ class BusRoom:
             raise ProtocolError("oversize presence")
         obj = decode_json(JOINED, body)
         event = obj.get("ev")
-        token = hex_field(obj, "token", TOKEN_SIZE, JOINED).hex()
-        if event not in EVENTS:
+        mid = jfield(obj, "id", int, JOINED)
+        if event not in EVENTS or not 1 < mid <= MAX_ID:
             raise ProtocolError("bad presence")
-        if token == self.token_hex:
+        if mid == self.id:
             if event == "beat":
                 self._on_own_beat(obj.get("n"))
             return
         if event == "who":
-            ok = reply == f"{self.subject}.to.{token}" and self.nick and not self.gone
+            if not self.nick and len(self._rivals) < 1024:
+                self._rivals.add(mid)
+            ok = reply == f"{self.subject}.to.{mid}" and self.nick and not self.gone
             if ok and self._who_allowed():
                 self._spawn(self.bus.publish(reply, self._presence("here")))
             return
+        m = self.members.get(mid)
         if event == "leave":
-            m = self.members.get(token)
             if m is not None:
                 reason = obj.get("reason")
-                text = reason[:200] if isinstance(reason, str) else "left"
-                self._remove(m, text)
+                self._remove(m, reason[:200] if isinstance(reason, str) else "left")
             return
-        m = self.members.get(token)
         if m is not None:
             m.seen = self.epoch
+            info = obj.get("info", "")
+            if event == "info" and _good_info(info) and info != m.info:
+                m.info = info
+                if self.admitted:
+                    self._send_local(encode_json(INFO, {"id": m.id, "info": info}))
             return
-        seen = None
-        if token in self.departed:
-            _, seen, expired = self.departed[token]
-            if not expired:
-                return  # a late beat from a member that said goodbye
-            # Back after a bus outage: resume from what we saw, so the receiver's sequence
-            # check reports what was lost meanwhile instead of hiding it.
-            del self.departed[token]
-        self._add(obj, token, seen)
+        if mid in self.departed:
+            return  # a late beat from a member that left: it must join again
+        self._add(obj, mid)
 
-    def _add(self, obj: dict[str, Any], token: str, seen: int | None = None) -> None:
+    def _add(self, obj: dict[str, Any], mid: int) -> None:
         nick = jfield(obj, "nick", str, JOINED)
         if not NICK_RE.fullmatch(nick):
             raise ProtocolError("bad nick")
-        nonce = hex_field(obj, "nonce", crypto.NONCE_SIZE, JOINED).hex()
         mode = obj.get("mode")
-        seq = jfield(obj, "seq", int, JOINED)
-        if mode not in ("plain", "encrypted") or not 0 <= seq < 1 << 63:
+        info = obj.get("info", "")
+        if mode not in ("plain", "encrypted") or not _good_info(info):
             raise ProtocolError("bad presence")
-        verifier = ""
-        if mode == "encrypted":
-            verifier = hex_field(obj, "verifier", 32, JOINED).hex()
-        if nonce == self.nonce or nonce in self.by_nonce:
-            # Two members with one nonce would share keys: never announce the second.
-            raise ProtocolError("duplicate nonce")
         if len(self.members) >= self.config.max_members:
             raise ProtocolError("room full")
-        if self.admitted and (
-            mode != self.mode or not hmac.compare_digest(verifier, self.verifier)
-        ):
-            # Not a member of our room (other passphrase or mode): its records would fail.
-            raise ProtocolError("not of this room")
-        if seen is not None:
-            seq = min(seq, seen)
-        m = Remote(token, nick, nonce, mode, verifier, seq, self.epoch)
-        self.members[token] = m
-        self.by_nonce[nonce] = token
+        if self.admitted and mode != self.mode:
+            raise ProtocolError("not of this room")  # the other mode: not our room
+        m = Remote(mid, nick, mode, info, self.epoch)
+        self.members[mid] = m
         if self.admitted:
-            self._announce(m)
+            self._send_local(encode_json(JOINED, {"id": mid, "nick": nick, "info": info}))
 
-    def _announce(self, m: Remote) -> None:
-        m.id = self._next_id
-        self._next_id += 1
-        self._send_local(
-            encode_json(JOINED, {"id": m.id, "nick": m.nick, "nonce": m.nonce, "seq": m.seq})
-        )
-
-    def _remove(self, m: Remote, reason: str, expired: bool = False) -> None:
-        del self.members[m.token]
-        self.by_nonce.pop(m.nonce, None)
-        self.departed[m.token] = (time.monotonic(), m.seq, expired)
+    def _remove(self, m: Remote, reason: str) -> None:
+        del self.members[m.id]
+        self.departed[m.id] = None
         if len(self.departed) > 4 * self.config.max_members:
             self.departed.popitem(last=False)
-        if self.admitted and m.id:
+        if self.admitted:
             self._send_local(encode_json(LEFT, {"id": m.id, "nick": m.nick, "reason": reason}))
 
     def _who_allowed(self) -> bool:

@@ -1,99 +1,74 @@
 """The member side of a bus room: the room client, told about what the bus lost.
 
-A broker relays every record or drops the connection, so the room client treats a skipped
+A broker relays every record or drops the connection, so the room session treats a skipped
 sequence number as an attack. A bus such as core NATS is at-most-once: when a server dies,
-records in flight are gone. Here a forward jump in a sender's sequence number, on a record
-whose MAC verified (so the number is the sender's own), is reported as a gap of that many
-messages, never hidden; everything else — a forged, replayed, duplicated or reordered record
-— is refused exactly as with the broker.
+records in flight are gone. Here a forward jump in a member's sequence number, on a record
+whose MAC and signature verified (so the number is the sender's own), is reported as a gap of
+that many messages, never hidden; everything else — a forged, replayed, duplicated or
+reordered record — is refused exactly as with the broker.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import Any
 
 from cdev.chat import crypto
-from cdev.chat.client import Event, Member, RoomClient, sender_keys
+from cdev.chat.client import RoomClient, _who
 from cdev.chat.options import ChatOptions
+from cdev.chat.room import Member, RoomSession
+from cdev.chat.safe import safe_text
 from cdev.chat.ui import ChatUI, LineSource
 from cdev.errors import EXIT_OK, CdevError, IntegrityError
 from cdev.transport import Transport
 
 
-class GapOpener(crypto.Opener):
-    """An Opener that accepts an authenticated jump forward and counts what was skipped."""
+class GapSession(RoomSession):
+    """A RoomSession that accepts an authenticated jump forward and reports it as a ``gap``
+    event (text: the number of messages lost) just before the record that revealed it."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.lost = 0
-
-    def open(self, rtype: int, body: bytes) -> bytes:
-        if len(body) >= crypto.MIN_SEALED:
+    def _open(self, member: Member, rtype: int, body: bytes) -> bytes | None:
+        if len(body) >= crypto.MIN_SEALED + crypto.SIG_SIZE:
             (seq,) = crypto.SEQ.unpack_from(body)
-            if seq > self.expected:
-                before = self.expected
-                self.expected = seq  # the MAC check below still covers seq
+            before = member.expected
+            if seq > before and seq >= member.start:
+                member.expected = seq  # MAC and signature are still checked below
                 try:
-                    text = super().open(rtype, body)
+                    text = super()._open(member, rtype, body)
                 except IntegrityError:
-                    self.expected = before
+                    member.expected = before
                     raise
-                self.lost += seq - before
+                self._event("gap", member.nick, str(seq - before), member.fingerprint)
                 return text
-        return super().open(rtype, body)
+        return super()._open(member, rtype, body)
 
 
 class BusRoomClient(RoomClient):
-    """RoomClient whose receivers report lost records as ``gap`` events (text: the count)."""
+    """The broker's RoomClient with a :class:`GapSession`: the same protocol code otherwise."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._base: dict[int, int] = {}
-        self._stash: deque[Event] = deque()
-
-    def _add(self, m: dict[str, Any], rtype: int) -> Member:
-        member = super()._add(m, rtype)
-        seq = m.get("seq")
-        # Where the member's numbering stood when it was announced (0 for a new member).
-        if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 1 << 63:
-            self._base[member.id] = seq
-        return member
-
-    def _opener(self, member: Member) -> crypto.Opener:
-        if member.opener is None:
-            assert self.room_key is not None and self.opts.provider is not None
-            enc, mac = sender_keys(self.room_key, member.nonce, member.nick)
-            opener = GapOpener(self.opts.provider, enc, mac, who=member.nick)
-            opener.expected = self._base.pop(member.id, 0)
-            member.opener = opener
-        return member.opener
-
-    async def receive(self) -> Event:
-        if self._stash:
-            return self._stash.popleft()
-        ev = await super().receive()
-        if ev.kind in ("message", "goodbye"):
-            for m in self.members.values():
-                if m.nick == ev.nick and isinstance(m.opener, GapOpener) and m.opener.lost:
-                    lost, m.opener.lost = m.opener.lost, 0
-                    self._stash.append(ev)
-                    return Event("gap", ev.nick, str(lost).encode())
-        return ev
+        opts = self.opts
+        self.session.close()
+        self.session = GapSession(
+            opts.nick,
+            passphrase=opts.passphrase if opts.encrypt else None,
+            provider=opts.provider,
+        )
 
 
-async def open_bus_room(
-    transport: Transport, address: str, opts: ChatOptions, room_key: bytes | None = None
-) -> BusRoomClient:
+async def open_bus_room(transport: Transport, address: str, opts: ChatOptions) -> BusRoomClient:
     reader, writer = await transport.connect(address, opts.connect_timeout)
     client = BusRoomClient(reader, writer, opts)
     try:
-        await client.handshake(room_key)
+        async with asyncio.timeout(opts.handshake_timeout):
+            await client.handshake()
     except TimeoutError:
         await client.close()
+        why = client.session.last_refusal
         raise CdevError(
-            f"no handshake from {address} within {opts.handshake_timeout:g} s"
+            f"not admitted to the room at {address} within {opts.handshake_timeout:g} s"
+            + (f" ({why})" if why else "")
         ) from None
     except BaseException:
         await client.close()
@@ -105,8 +80,9 @@ async def bus_join(transport: Transport, address: str, opts: ChatOptions, ui: Ch
     """``cdev chat join`` for a bus room: as with a broker, plus gap notices."""
     client = await open_bus_room(transport, address, opts)
     if client.fingerprint:
-        ui.notice(f"room fingerprint {client.fingerprint} (compare it with the others)")
-    names = ", ".join(m.nick for m in client.members.values()) or "nobody else yet"
+        ui.notice(f"group fingerprint {client.fingerprint} (the same for every member)")
+        ui.notice(f"your key fingerprint {client.key_fingerprint}")
+    names = ", ".join(_who(m) for m in client.members.values()) or "nobody else yet"
     ui.notice(f"joined as {opts.nick}; in the room: {names}")
     lines = LineSource()
 
@@ -118,21 +94,25 @@ async def bus_join(transport: Transport, address: str, opts: ChatOptions, ui: Ch
     async def pump_in() -> None:
         while True:
             ev = await client.receive()
+            nick = safe_text(ev.nick)
             if ev.kind == "message":
-                ui.message(ev.nick, ev.text)
+                ui.message(nick, ev.text)
             elif ev.kind == "joined":
-                ui.notice(f"{ev.nick} joined")
+                key = f", key {ev.fingerprint}" if ev.fingerprint else ""
+                ui.notice(f"{nick} joined{key}")
             elif ev.kind == "left":
-                ui.notice(f"{ev.nick} left ({ev.text.decode()})")
+                ui.notice(f"{nick} left ({safe_text(ev.text.decode('utf-8', 'replace'))})")
+            elif ev.kind == "notice":
+                ui.notice(safe_text(ev.text.decode("utf-8", "replace")))
             elif ev.kind == "gap":
-                ui.notice(f"{ev.text.decode()} message(s) from {ev.nick} lost on the bus")
+                ui.notice(f"{ev.text.decode()} message(s) from {nick} lost on the bus")
 
     out_task = asyncio.create_task(pump_out())
     in_task = asyncio.create_task(pump_in())
     try:
         done, _ = await asyncio.wait({out_task, in_task}, return_when=asyncio.FIRST_COMPLETED)
         if in_task in done:
-            in_task.result()
+            in_task.result()  # always an error: the room never ends on its own
         try:
             out_task.result()
         except (ConnectionError, OSError) as exc:

@@ -1,81 +1,52 @@
-"""A peer of a broker (``cdev chat join``).
+"""A member of a broker's room (``cdev chat join``): the broker's wire on one side, the
+member-side room protocol (:class:`cdev.chat.room.RoomSession`) on the other.
 
-In an encrypted room every peer derives the room key from the passphrase and the broker's
-salt, then its own sending keys from the room key, its random nonce and its nickname. The
-receivers derive the same per-sender keys from what the broker announces, so the broker can
-neither read messages nor pass one peer's records off as another's; each sender numbers its
-records from 0 and receivers check the numbers, so the broker cannot replay, reorder or drop
-records unnoticed either.
+This module only carries records: the broker's HELLO/WELCOME/JOINED/INFO/LEFT become the
+session's presence calls, RELAY records become ``on_record``, and the session's
+:class:`~cdev.chat.room.Send` actions become broadcast records or DIRECT ones.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-from dataclasses import dataclass
+import collections
+import contextlib
 from typing import Any
 
-from cdev.chat import crypto
 from cdev.chat.framing import (
-    DATA,
+    ANNOUNCE,
+    DIRECT,
+    DIRECT_PREFIX,
     ERROR,
-    GOODBYE,
     HELLO,
+    INFO,
     JOINED,
     LEFT,
+    MAX_INFO,
     PROTO,
     RELAY,
     RELAY_PREFIX,
     TYPE_NAMES,
     VERSION,
     WELCOME,
-    PeerClosed,
     ProtocolError,
+    RecordParser,
     check_hello,
+    check_inner,
     decode_json,
     encode,
     encode_json,
     field,
-    hex_field,
-    read_record,
 )
-from cdev.chat.options import NICK_RE, ChatOptions, close_writer
-from cdev.chat.twopeer import _scrypt_params, error_text
+from cdev.chat.options import ChatOptions, close_writer
+from cdev.chat.room import Announce, Event, Member, RoomSession, Send
+from cdev.chat.safe import safe_text
+from cdev.chat.twopeer import error_text
 from cdev.chat.ui import ChatUI, LineSource
-from cdev.errors import EXIT_OK, CdevError, IntegrityError
-from cdev.provider import Provider
+from cdev.errors import EXIT_OK, CdevError
 from cdev.transport import Transport
 
-
-def sender_keys(room_key: bytes, nonce: bytes, nick: str) -> tuple[bytes, bytes]:
-    """Per-sender keys: bound to the sender's nonce and nickname."""
-    context = nonce + nick.encode()
-    return (
-        crypto.derive(room_key, "sender enc", context),
-        crypto.derive(room_key, "sender mac", context),
-    )
-
-
-def room_verifier(room_key: bytes, salt: bytes) -> bytes:
-    return crypto.derive(room_key, "room verifier", salt)
-
-
-@dataclass
-class Member:
-    id: int
-    nick: str
-    nonce: bytes
-    opener: crypto.Opener | None = None
-    said_goodbye: bool = False
-
-
-@dataclass
-class Event:
-    """What the room told us: a message, a notice, or a member's goodbye."""
-
-    kind: str  # "message", "joined", "left", "goodbye"
-    nick: str
-    text: bytes = b""
+__all__ = ["Event", "RoomClient", "join", "open_room"]
 
 
 class RoomClient:
@@ -87,107 +58,205 @@ class RoomClient:
         self.reader = reader
         self.writer = writer
         self.opts = opts
-        self.members: dict[int, Member] = {}
-        self.id = 0
-        self.sealer: crypto.Sealer | None = None
-        self.room_key: bytes | None = None
-        self.fingerprint: str | None = None
-        self.nonce = os.urandom(crypto.NONCE_SIZE)
+        self.session = RoomSession(
+            opts.nick,
+            passphrase=opts.passphrase if opts.encrypt else None,
+            provider=opts.provider,
+        )
+        self._parser = RecordParser()
+        self._records: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._events: collections.deque[Event] = collections.deque()
+        self._eof = False
+        # After the join a task keeps reading, so sponsoring newcomers never waits for the
+        # application; it stops reading (TCP back-pressure) when this many events wait.
+        self._inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue(maxsize=1024)
+        self._pump_task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
 
-    async def handshake(self, room_key: bytes | None = None) -> None:
-        """Join the room. ``room_key`` skips scrypt when the caller already derived it."""
-        opts = self.opts
-        async with asyncio.timeout(opts.handshake_timeout):
-            rtype, body = await self._read("the broker's HELLO")
-            if rtype == ERROR:
-                raise CdevError(f"broker refused: {error_text(body)}")
-            if rtype != HELLO:
-                raise ProtocolError(f"expected HELLO from the broker, got {TYPE_NAMES[rtype]}")
-            hello = decode_json(HELLO, body)
-            check_hello(hello)
-            if hello.get("role") != "broker":
-                raise ProtocolError("the peer is not a broker: use 'cdev chat connect'")
-            mode = hello.get("mode")
-            if mode != opts.mode:
-                raise CdevError(
-                    "the broker runs an encrypted room: add --encrypt"
-                    if mode == "encrypted"
-                    else "the broker runs a plain room: drop --encrypt"
-                )
-            mine: dict[str, Any] = {
-                "proto": PROTO,
-                "version": VERSION,
-                "role": "join",
-                "nick": opts.nick,
-                "mode": opts.mode,
-                "nonce": self.nonce.hex(),
-            }
-            if opts.encrypt:
-                assert opts.provider is not None and opts.passphrase is not None
-                salt = hex_field(hello, "salt", crypto.SALT_SIZE, HELLO)
-                if room_key is None:
-                    params = _scrypt_params(hello)
-                    room_key = await asyncio.to_thread(
-                        crypto.master_key, opts.passphrase, salt, params
-                    )
-                self.room_key = room_key
-                mine["verifier"] = room_verifier(room_key, salt).hex()
-                self.sealer = crypto.Sealer(
-                    opts.provider, *sender_keys(room_key, self.nonce, opts.nick)
-                )
-                self.fingerprint = crypto.fingerprint(room_key, salt)
-            self.writer.write(encode_json(HELLO, mine))
-            rtype, body = await self._read("the broker's WELCOME")
-            if rtype == ERROR:
-                raise CdevError(f"broker refused: {error_text(body)}")
-            if rtype != WELCOME:
-                raise ProtocolError(f"expected WELCOME, got {TYPE_NAMES[rtype]}")
-            welcome = decode_json(WELCOME, body)
-            self.id = field(welcome, "id", int, WELCOME)
-            count = field(welcome, "members", int, WELCOME)
-            for _ in range(count):  # the members already present, one JOINED each
-                rtype, body = await self._read("the member list")
-                if rtype != JOINED:
-                    raise ProtocolError(f"expected JOINED, got {TYPE_NAMES[rtype]}")
-                self._add(decode_json(JOINED, body), JOINED)
+    # -- what tests, the benchmark and the UI read -----------------------------------------
+    @property
+    def id(self) -> int:
+        return self.session.id
 
-    async def _read(self, what: str) -> tuple[int, bytes]:
+    @property
+    def members(self) -> dict[int, Member]:
+        return self.session.members
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.session.fingerprint
+
+    @property
+    def key_fingerprint(self) -> str | None:
+        return self.session.key_fingerprint
+
+    # -- the broker's wire -----------------------------------------------------------------
+    async def _next(self, timeout: float | None = None) -> tuple[int, bytes]:
+        """The next record from the broker; TimeoutError after ``timeout`` seconds.
+
+        Reads whole chunks into a parser, so a timeout never splits a record."""
+        while not self._records:
+            if self._eof:
+                if self._parser.pending:
+                    raise ProtocolError("connection closed in the middle of a record (truncated)")
+                raise CdevError("the broker closed the connection")
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            except TimeoutError:
+                raise  # an OSError too, but the caller's timer, not a lost connection
+            except (ConnectionError, OSError) as exc:
+                raise CdevError(f"connection to the broker lost: {exc.strerror or exc}") from None
+            if not data:
+                self._eof = True
+            self._records.extend(self._parser.feed(data))
+        return self._records.popleft()
+
+    async def _flush(self) -> None:
+        out = []
+        for action in self.session.take():
+            if isinstance(action, Send):
+                if action.to is None:
+                    out.append(encode(action.rtype, action.body))
+                else:
+                    prefix = DIRECT_PREFIX.pack(action.to, action.rtype)
+                    out.append(encode(DIRECT, prefix + action.body))
+            elif isinstance(action, Announce):
+                out.append(encode(ANNOUNCE, action.info.encode()))
+            else:
+                self._events.append(action)
+        if out:
+            try:
+                self.writer.write(b"".join(out))
+                await self.writer.drain()
+            except (ConnectionError, OSError) as exc:
+                raise CdevError(f"connection to the broker lost: {exc.strerror or exc}") from None
+
+    async def _handle(self, rtype: int, body: bytes) -> None:
+        """Feed one record to the session and send what it answers, even when it then fails
+        (a newcomer's failed confirmation still tells its sponsor)."""
         try:
-            return await read_record(self.reader)
-        except PeerClosed:
-            raise CdevError(f"broker closed the connection before {what}") from None
+            self._dispatch(rtype, body)
+        except BaseException:
+            with contextlib.suppress(CdevError):
+                await self._flush()
+            raise
+        await self._flush()
 
-    def _add(self, m: dict[str, Any], rtype: int) -> Member:
-        mid = field(m, "id", int, rtype)
-        nick = field(m, "nick", str, rtype)
-        if not NICK_RE.fullmatch(nick):
-            raise ProtocolError(f"malformed {TYPE_NAMES[rtype]} record: bad nick")
-        nonce = hex_field(m, "nonce", crypto.NONCE_SIZE, rtype)
-        if (
-            mid in self.members
-            or mid == self.id
-            or nonce == self.nonce
-            or any(x.nonce == nonce for x in self.members.values())
-        ):
-            # Two members with one nonce and nick would share keys: a replay vector.
-            raise IntegrityError(f"broker announced a duplicate member {nick!r}")
-        member = Member(mid, nick, nonce)
-        self.members[mid] = member
-        return member
+    def _dispatch(self, rtype: int, body: bytes) -> None:
+        session = self.session
+        if rtype == RELAY:
+            if len(body) < RELAY_PREFIX.size:
+                raise ProtocolError("malformed RELAY record")
+            sender, inner = RELAY_PREFIX.unpack_from(body)
+            payload = body[RELAY_PREFIX.size :]
+            check_inner(inner, len(payload))
+            session.on_record(sender, inner, payload)
+        elif rtype == JOINED:
+            m = decode_json(JOINED, body)
+            session.on_joined(field(m, "id", int, JOINED), field(m, "nick", str, JOINED), _info(m))
+        elif rtype == INFO:
+            m = decode_json(INFO, body)
+            session.on_info(field(m, "id", int, INFO), _info(m))
+        elif rtype == LEFT:
+            m = decode_json(LEFT, body)
+            reason = m.get("reason")
+            session.on_left(field(m, "id", int, LEFT), reason if isinstance(reason, str) else "")
+        elif rtype == ERROR:
+            raise CdevError(f"broker: {error_text(body)}")
+        else:
+            raise ProtocolError(f"unexpected {TYPE_NAMES[rtype]} record from the broker")
 
-    def _opener(self, member: Member) -> crypto.Opener:
-        if member.opener is None:
-            assert self.room_key is not None and self.opts.provider is not None
-            enc, mac = sender_keys(self.room_key, member.nonce, member.nick)
-            member.opener = crypto.Opener(self.opts.provider, enc, mac, who=member.nick)
-        return member.opener
+    async def handshake(self) -> None:
+        """Join the room: the broker's hello and member list, then (encrypted) the group."""
+        opts = self.opts
+        rtype, body = await self._next_or_closed("the broker's HELLO")
+        if rtype == ERROR:
+            raise CdevError(f"broker refused: {error_text(body)}")
+        if rtype != HELLO:
+            raise ProtocolError(f"expected HELLO from the broker, got {TYPE_NAMES[rtype]}")
+        hello = decode_json(HELLO, body)
+        check_hello(hello)
+        if hello.get("role") != "broker":
+            raise ProtocolError("the peer is not a broker: use 'cdev chat connect'")
+        mode = hello.get("mode")
+        if mode != opts.mode:
+            raise CdevError(
+                "the broker runs an encrypted room: add --encrypt"
+                if mode == "encrypted"
+                else "the broker runs a plain room: drop --encrypt"
+            )
+        mine: dict[str, Any] = {
+            "proto": PROTO,
+            "version": VERSION,
+            "role": "join",
+            "nick": opts.nick,
+            "mode": opts.mode,
+        }
+        self.writer.write(encode_json(HELLO, mine))
+        rtype, body = await self._next_or_closed("the broker's WELCOME")
+        if rtype == ERROR:
+            raise CdevError(f"broker refused: {error_text(body)}")
+        if rtype != WELCOME:
+            raise ProtocolError(f"expected WELCOME, got {TYPE_NAMES[rtype]}")
+        welcome = decode_json(WELCOME, body)
+        my_id = field(welcome, "id", int, WELCOME)
+        count = field(welcome, "members", int, WELCOME)
+        present = []
+        for _ in range(count):  # the members already present, one JOINED each
+            rtype, body = await self._next_or_closed("the member list")
+            if rtype != JOINED:
+                raise ProtocolError(f"expected JOINED, got {TYPE_NAMES[rtype]}")
+            m = decode_json(JOINED, body)
+            present.append((field(m, "id", int, JOINED), field(m, "nick", str, JOINED), _info(m)))
+        self.session.on_welcome(my_id, present)
+        await self._flush()
+        # Encrypted: records flow until a sponsor vouched for us (or we founded the group).
+        loop = asyncio.get_running_loop()
+        while not self.session.admitted:
+            wake = self.session.wakeup
+            timeout = None if wake is None else max(0.0, wake - loop.time())
+            try:
+                rtype, body = await self._next_or_closed("we were admitted", timeout)
+            except TimeoutError:
+                self.session.on_timer()
+                await self._flush()
+            else:
+                await self._handle(rtype, body)
+        # Notices from the join stay queued for receive(); "admitted" is ours alone.
+        for ev in self._events:
+            if ev.kind != "admitted":
+                self._inbox.put_nowait(ev)
+        self._events.clear()
+        self._pump_task = asyncio.create_task(self._pump())
 
+    async def _pump(self) -> None:
+        try:
+            while True:
+                rtype, body = await self._next()
+                await self._handle(rtype, body)  # answers sponsorship requests at once
+                while self._events:
+                    await self._inbox.put(self._events.popleft())
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # handed to receive(), which raises it
+            await self._inbox.put(exc)
+
+    async def _next_or_closed(self, what: str, timeout: float | None = None) -> tuple[int, bytes]:
+        try:
+            return await self._next(timeout)
+        except CdevError as exc:
+            if "closed the connection" in str(exc):
+                raise CdevError(f"broker closed the connection before {what}") from None
+            raise
+
+    # -- talking ---------------------------------------------------------------------------
     def message_record(self, text: bytes) -> bytes:
-        body = self.sealer.seal(DATA, text) if self.sealer else text
-        return encode(DATA, body)
+        send = self.session.message(text)
+        return encode(send.rtype, send.body)
 
     def goodbye_record(self) -> bytes:
-        return encode(GOODBYE, self.sealer.seal(GOODBYE, b"") if self.sealer else b"")
+        send = self.session.goodbye()
+        return encode(send.rtype, send.body)
 
     async def send(self, text: bytes) -> None:
         self.writer.write(self.message_record(text))
@@ -199,67 +268,52 @@ class RoomClient:
 
     async def receive(self) -> Event:
         """The next event; CdevError when the broker closes or a record fails its checks."""
-        try:
-            rtype, body = await read_record(self.reader)
-        except PeerClosed:
-            raise CdevError("the broker closed the connection") from None
-        if rtype == RELAY:
-            if len(body) < RELAY_PREFIX.size:
-                raise ProtocolError("malformed RELAY record")
-            sender, inner = RELAY_PREFIX.unpack_from(body)
-            member = self.members.get(sender)
-            if member is None or member.said_goodbye:
-                raise ProtocolError(f"RELAY record from unknown or departed member {sender}")
-            payload = body[RELAY_PREFIX.size :]
-            if inner not in (DATA, GOODBYE):
-                raise ProtocolError(f"RELAY of unexpected record type {inner}")
-            text = self._opener(member).open(inner, payload) if self.sealer else payload
-            if inner == GOODBYE:
-                member.said_goodbye = True
-                return Event("goodbye", member.nick)
-            return Event("message", member.nick, text)
-        if rtype == JOINED:
-            member = self._add(decode_json(JOINED, body), JOINED)
-            return Event("joined", member.nick)
-        if rtype == LEFT:
-            obj = decode_json(LEFT, body)
-            gone = self.members.pop(field(obj, "id", int, LEFT), None)
-            if gone is None:
-                raise ProtocolError("LEFT record for an unknown member")
-            if gone.opener:
-                gone.opener.close()
-            reason = str(obj.get("reason", ""))[:200]
-            if reason == "goodbye" and not gone.said_goodbye:
-                reason = "left without an authenticated goodbye"
-            return Event("left", gone.nick, reason.encode())
-        if rtype == ERROR:
-            raise CdevError(f"broker: {error_text(body)}")
-        raise ProtocolError(f"unexpected {TYPE_NAMES[rtype]} record from the broker")
+        if self._failure is not None:
+            raise self._failure
+        item = await self._inbox.get()
+        if isinstance(item, BaseException):
+            self._failure = item
+            raise item
+        return item
+
+    async def detach(self) -> bytes:
+        """Stop reading (a benchmark then reads the socket itself); returns the bytes read
+        but not handled yet, which come first."""
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._pump_task
+            self._pump_task = None
+        records = b"".join(encode(t, b) for t, b in self._records)
+        self._records.clear()
+        return records + self._parser.take_pending()
 
     async def close(self) -> None:
-        if self.sealer:
-            self.sealer.close()
-        for m in self.members.values():
-            if m.opener:
-                m.opener.close()
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._pump_task
+        self.session.close()
         await close_writer(self.writer)
 
 
-async def open_room(
-    transport: Transport,
-    address: str,
-    opts: ChatOptions,
-    provider: Provider | None = None,
-    room_key: bytes | None = None,
-) -> RoomClient:
+def _info(m: dict[str, Any]) -> str:
+    info = m.get("info", "")
+    return info if isinstance(info, str) and len(info) <= MAX_INFO else ""
+
+
+async def open_room(transport: Transport, address: str, opts: ChatOptions) -> RoomClient:
     reader, writer = await transport.connect(address, opts.connect_timeout)
     client = RoomClient(reader, writer, opts)
     try:
-        await client.handshake(room_key)
+        async with asyncio.timeout(opts.handshake_timeout):
+            await client.handshake()
     except TimeoutError:
         await client.close()
+        why = client.session.last_refusal
         raise CdevError(
-            f"no handshake from {address} within {opts.handshake_timeout:g} s"
+            f"not admitted to the room at {address} within {opts.handshake_timeout:g} s"
+            + (f" ({why})" if why else "")
         ) from None
     except BaseException:
         await client.close()
@@ -270,8 +324,9 @@ async def open_room(
 async def join(transport: Transport, address: str, opts: ChatOptions, ui: ChatUI) -> int:
     client = await open_room(transport, address, opts)
     if client.fingerprint:
-        ui.notice(f"room fingerprint {client.fingerprint} (compare it with the others)")
-    names = ", ".join(m.nick for m in client.members.values()) or "nobody else yet"
+        ui.notice(f"group fingerprint {client.fingerprint} (the same for every member)")
+        ui.notice(f"your key fingerprint {client.key_fingerprint}")
+    names = ", ".join(_who(m) for m in client.members.values()) or "nobody else yet"
     ui.notice(f"joined as {opts.nick}; in the room: {names}")
     lines = LineSource()
 
@@ -283,12 +338,16 @@ async def join(transport: Transport, address: str, opts: ChatOptions, ui: ChatUI
     async def pump_in() -> None:
         while True:
             ev = await client.receive()
+            nick = safe_text(ev.nick)
             if ev.kind == "message":
-                ui.message(ev.nick, ev.text)
+                ui.message(nick, ev.text)
             elif ev.kind == "joined":
-                ui.notice(f"{ev.nick} joined")
+                key = f", key {ev.fingerprint}" if ev.fingerprint else ""
+                ui.notice(f"{nick} joined{key}")
             elif ev.kind == "left":
-                ui.notice(f"{ev.nick} left ({ev.text.decode()})")
+                ui.notice(f"{nick} left ({safe_text(ev.text.decode('utf-8', 'replace'))})")
+            elif ev.kind == "notice":
+                ui.notice(safe_text(ev.text.decode("utf-8", "replace")))
 
     out_task = asyncio.create_task(pump_out())
     in_task = asyncio.create_task(pump_in())
@@ -305,3 +364,7 @@ async def join(transport: Transport, address: str, opts: ChatOptions, ui: ChatUI
         for task in (out_task, in_task):
             task.cancel()
         await client.close()
+
+
+def _who(m: Member) -> str:
+    return f"{safe_text(m.nick)} ({m.fingerprint})" if m.fingerprint else safe_text(m.nick)

@@ -1,8 +1,9 @@
-"""Keys and sealed records: scrypt + HKDF key schedule, AES-CBC + HMAC-SHA256 encrypt-then-MAC.
+"""Keys and sealed records: HKDF key schedule, AES-CBC + HMAC-SHA256 encrypt-then-MAC,
+Ed25519 member keys.
 
 All cipher and MAC work goes through a :class:`cdev.provider.Provider`, so ``--provider virtio``
-puts every message through the device. Key derivation (scrypt, HKDF) stays in software: it runs
-once per connection and providers only offer the cryptodev primitives.
+puts every message through the device. Key agreement (SPAKE2, :mod:`cdev.chat.pake`), HKDF and
+signatures stay in software: providers only offer the cryptodev primitives.
 """
 
 from __future__ import annotations
@@ -11,35 +12,76 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Callable
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from cdev.errors import IntegrityError
-from cdev.keys import ScryptParams, hkdf, scrypt
+from cdev.keys import hkdf
 from cdev.provider import AES_BLOCK, AES_CBC, HMAC_SHA256, HMAC_SHA256_SIZE, Provider, Session
 
-LABEL = b"cdev-chat v1 "
-SALT_SIZE = 16
+LABEL = b"cdev-chat v2 "
 NONCE_SIZE = 16
+KEY_SIZE = 32  # Ed25519 public key
+SIG_SIZE = 64  # Ed25519 signature
 SEQ = struct.Struct("!Q")
 IV_SIZE = AES_BLOCK
 TAG_SIZE = HMAC_SHA256_SIZE
 # seq | iv | at least one block | tag
 MIN_SEALED = SEQ.size + IV_SIZE + AES_BLOCK + TAG_SIZE
-# Chat uses a cheaper scrypt than files: it runs on every connection, and the salt is fresh.
-CHAT_SCRYPT = ScryptParams(log_n=15)
-
-
-def master_key(passphrase: bytes, salt: bytes, params: ScryptParams) -> bytes:
-    return scrypt(passphrase, salt, params)
 
 
 def derive(master: bytes, label: str, context: bytes, length: int = 32) -> bytes:
     return hkdf(master, LABEL + label.encode() + b"\0" + context, length)
 
 
+def _groups(raw: bytes) -> str:
+    text = raw.hex()
+    return "-".join(text[i : i + 4] for i in range(0, len(text), 4))
+
+
 def fingerprint(master: bytes, context: bytes) -> str:
     """A short code both sides can read aloud to compare sessions."""
-    raw = derive(master, "fingerprint", context, 6).hex()
-    return "-".join(raw[i : i + 4] for i in range(0, 12, 4))
+    return _groups(derive(master, "fingerprint", context, 6))
+
+
+class SigningKey:
+    """A member's Ed25519 key: made fresh for every join, never stored."""
+
+    def __init__(self) -> None:
+        self._key = Ed25519PrivateKey.generate()
+        self.public = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.fingerprint = key_fingerprint(self.public)
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data)
+
+
+def key_digest(public: bytes) -> bytes:
+    return hashlib.sha256(LABEL + b"key\0" + public).digest()
+
+
+def key_fingerprint(public: bytes) -> str:
+    """What people compare out of band to know a member's key: 16 hex digits."""
+    return _groups(key_digest(public)[:8])
+
+
+def load_public(public: bytes) -> Ed25519PublicKey:
+    """A peer's public key; IntegrityError when the bytes are not one."""
+    try:
+        return Ed25519PublicKey.from_public_bytes(public)
+    except ValueError:
+        raise IntegrityError("malformed signing key") from None
+
+
+def verify(key: Ed25519PublicKey, signature: bytes, data: bytes) -> bool:
+    try:
+        key.verify(signature, data)
+    except InvalidSignature:
+        return False
+    return True
 
 
 def transcript(*hellos: bytes) -> bytes:
@@ -118,13 +160,17 @@ class Opener:
     def mac(self, data: bytes) -> bytes:
         return self._keys.macer.mac(data)
 
-    def open(self, rtype: int, body: bytes) -> bytes:
+    def open(self, rtype: int, body: bytes, check: Callable[[], None] | None = None) -> bytes:
+        """The plaintext; ``check`` runs after the MAC and before the sequence number (rooms
+        verify the sender's signature there, so a forgery is named as such)."""
         n = len(body)
         if n < MIN_SEALED or (n - SEQ.size - IV_SIZE - TAG_SIZE) % AES_BLOCK:
             raise IntegrityError(f"malformed encrypted record from {self.who} ({n} bytes)")
         signed, tag = body[:-TAG_SIZE], body[-TAG_SIZE:]
         if not hmac.compare_digest(self._keys.macer.mac(bytes([rtype]) + signed), tag):
             raise IntegrityError(f"record from {self.who} failed authentication (tampered)")
+        if check is not None:
+            check()
         (seq,) = SEQ.unpack_from(body)
         if seq != self.expected:
             what = "replayed" if seq < self.expected else "reordered or dropped"

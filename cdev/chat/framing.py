@@ -13,7 +13,7 @@ from typing import Any
 
 from cdev.errors import CdevError
 
-VERSION = 1
+VERSION = 2  # 2: PAKE handshakes, signed room records (docs/chat-protocol.md)
 PROTO = "cdev-chat"
 
 HEADER = struct.Struct("!BBH")  # type, flags (must be 0), body length
@@ -32,6 +32,19 @@ JOINED = 6
 LEFT = 7
 GOODBYE = 8
 ERROR = 9
+# Rooms (version 2): a member's messages to the broker (or bus) ...
+DIRECT = 10  # to one member: BE32 member id, inner type (u8), inner body
+ANNOUNCE = 11  # the member's public info (its group id), kept by the broker
+# ... the broker's membership news ...
+INFO = 12  # JSON {"id", "info"}: a member announced new info
+# ... and member-to-member records, relayed without being read (room.py).
+VOUCH = 13  # sealed and signed: a sponsor admits a newcomer to its group
+JOIN_REQ = 14  # JSON, newcomer -> sponsor: nick, signing key, nonce, PAKE message
+JOIN_ACK = 15  # JSON, sponsor -> newcomer: PAKE message, confirmation, sealed group key
+ROSTER = 16  # sealed, sponsor -> newcomer: the group's members and their keys
+JOIN_FIN = 17  # JSON, newcomer -> sponsor: the newcomer's confirmation
+JOIN_NAK = 18  # JSON, sponsor -> newcomer: the sponsor will not run a join now
+KEYS = 19  # sealed and signed: the member keys a newcomer was given, for everyone to check
 TYPE_NAMES = {
     HELLO: "HELLO",
     WELCOME: "WELCOME",
@@ -42,11 +55,28 @@ TYPE_NAMES = {
     LEFT: "LEFT",
     GOODBYE: "GOODBYE",
     ERROR: "ERROR",
+    DIRECT: "DIRECT",
+    ANNOUNCE: "ANNOUNCE",
+    INFO: "INFO",
+    VOUCH: "VOUCH",
+    JOIN_REQ: "JOIN_REQ",
+    JOIN_ACK: "JOIN_ACK",
+    ROSTER: "ROSTER",
+    JOIN_FIN: "JOIN_FIN",
+    JOIN_NAK: "JOIN_NAK",
+    KEYS: "KEYS",
 }
-CONTROL_TYPES = frozenset({HELLO, WELCOME, JOINED, LEFT, ERROR})
+CONTROL_TYPES = frozenset(
+    {HELLO, WELCOME, JOINED, LEFT, ERROR, ANNOUNCE, INFO, JOIN_REQ, JOIN_ACK, JOIN_FIN, JOIN_NAK}
+)
+# Member-to-member types a broker relays to every other member, and to one member.
+BROADCAST_TYPES = frozenset({DATA, GOODBYE, VOUCH, KEYS})
+DIRECT_TYPES = frozenset({JOIN_REQ, JOIN_ACK, ROSTER, JOIN_FIN, JOIN_NAK})
+MAX_INFO = 64  # bytes of a member's ANNOUNCE info (printable ASCII)
 
-# RELAY body prefix: broker-assigned sender id, original record type.
+# RELAY body prefix: broker-assigned sender id, original record type; DIRECT: recipient, type.
 RELAY_PREFIX = struct.Struct("!IB")
+DIRECT_PREFIX = RELAY_PREFIX
 
 
 class ProtocolError(CdevError):
@@ -68,6 +98,7 @@ def encode_json(rtype: int, obj: dict[str, Any]) -> bytes:
 
 
 def check_header(rtype: int, flags: int, length: int) -> None:
+    """The limits of docs/chat-protocol.md, on a header, before its body is read."""
     if rtype not in TYPE_NAMES:
         raise ProtocolError(f"malformed record: unknown type {rtype}")
     if flags:
@@ -102,7 +133,7 @@ async def read_record(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 def decode_json(rtype: int, body: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting: RecursionError
         raise ProtocolError(f"malformed {TYPE_NAMES.get(rtype, rtype)} record") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"malformed {TYPE_NAMES.get(rtype, rtype)} record")
@@ -125,6 +156,14 @@ def hex_field(obj: dict[str, Any], name: str, size: int, rtype: int) -> bytes:
     if len(value) != size:
         raise ProtocolError(f"malformed {TYPE_NAMES.get(rtype, rtype)} record: bad {name!r}")
     return value
+
+
+def check_inner(rtype: int, length: int) -> None:
+    """Limits of a record carried inside RELAY or DIRECT (it is never read on its own)."""
+    if rtype not in BROADCAST_TYPES and rtype not in DIRECT_TYPES:
+        raise ProtocolError(f"malformed record: type {rtype} cannot be relayed")
+    if rtype in CONTROL_TYPES and length > MAX_CONTROL:
+        raise ProtocolError(f"oversize {TYPE_NAMES[rtype]} record: {length} bytes")
 
 
 def check_hello(obj: dict[str, Any]) -> None:
@@ -154,8 +193,8 @@ class RecordParser:
         unpack = HEADER.unpack_from
         while end - pos >= HEADER_SIZE:
             rtype, flags, length = unpack(buf, pos)
-            if flags or length > MAX_BODY or rtype not in TYPE_NAMES:
-                check_header(rtype, flags, length)
+            if flags or length > MAX_CONTROL or rtype not in TYPE_NAMES:
+                check_header(rtype, flags, length)  # the slow path: raises if it must
             if end - pos - HEADER_SIZE < length:
                 break
             start = pos + HEADER_SIZE
@@ -168,3 +207,9 @@ class RecordParser:
     @property
     def pending(self) -> int:
         return len(self._buf)
+
+    def take_pending(self) -> bytes:
+        """The bytes of an incomplete record (for a reader that takes the stream over)."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data

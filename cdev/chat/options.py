@@ -7,14 +7,11 @@ import contextlib
 import re
 from dataclasses import dataclass
 
-from cdev.chat.crypto import CHAT_SCRYPT
 from cdev.errors import UsageError
-from cdev.keys import ScryptParams
 from cdev.provider import Provider
 
+# Letters and digits (Unicode ones too, never controls), '.', '-' and '_'.
 NICK_RE = re.compile(r"[\w.\-]{1,32}")
-# A peer may not make us spend more than this on scrypt (N=2^18, r=8: 256 MiB).
-MAX_PEER_LOG_N = 18
 
 
 @dataclass
@@ -25,7 +22,6 @@ class ChatOptions:
     passphrase: bytes | None = None
     handshake_timeout: float = 10.0
     connect_timeout: float = 10.0
-    scrypt: ScryptParams = CHAT_SCRYPT
 
     def check(self) -> None:
         check_nick(self.nick)

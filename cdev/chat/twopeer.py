@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,18 +29,24 @@ from cdev.chat.framing import (
     hex_field,
     read_record,
 )
-from cdev.chat.options import MAX_PEER_LOG_N, ChatOptions, close_writer
+from cdev.chat.limits import HandshakeLimiter
+from cdev.chat.options import ChatOptions, close_writer
+from cdev.chat.pake import MESSAGE_SIZE, Pake
+from cdev.chat.safe import safe_text
 from cdev.chat.ui import ChatUI, LineSource
 from cdev.errors import EXIT_OK, CdevError, IntegrityError
-from cdev.keys import ScryptParams
-from cdev.transport import Transport
+from cdev.transport import Transport, peer_label, peer_source
 
 LISTEN = "listen"
 CONNECT = "connect"
 
 
+PAKE_IDS = (b"cdev-chat v2 listen", b"cdev-chat v2 connect")
+MAX_HANDSHAKES = 16  # handshakes a listener runs at once, from all sources together
+
+
 class HandshakeRejected(CdevError):
-    """The peer is a real cdev peer but cannot talk to us (passphrase, mode): stop listening."""
+    """The peer is a real cdev peer but cannot talk to us (passphrase, mode)."""
 
 
 @dataclass
@@ -91,9 +96,10 @@ class Link:
 
 
 def error_text(body: bytes) -> str:
+    """A peer's ERROR text, made safe for a terminal."""
     try:
         obj = decode_json(ERROR, body)
-        return str(field(obj, "message", str, ERROR))[:200]
+        return safe_text(str(field(obj, "message", str, ERROR)), 200)
     except ProtocolError:
         return "(unreadable error record)"
 
@@ -107,7 +113,7 @@ async def _reject(writer: asyncio.StreamWriter, message: str) -> None:
 async def handshake(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, role: str, opts: ChatOptions
 ) -> Link:
-    """Hello exchange, then (encrypted) key derivation and key confirmation."""
+    """Hello exchange (with SPAKE2 messages when encrypted), then key confirmation."""
     peer_role = CONNECT if role == LISTEN else LISTEN
     hello: dict[str, Any] = {
         "proto": PROTO,
@@ -115,12 +121,12 @@ async def handshake(
         "role": role,
         "nick": opts.nick,
         "mode": opts.mode,
-        "nonce": os.urandom(crypto.NONCE_SIZE).hex(),
     }
-    if role == LISTEN and opts.encrypt:
-        p = opts.scrypt
-        hello["salt"] = os.urandom(crypto.SALT_SIZE).hex()
-        hello["scrypt"] = [p.log_n, p.r, p.p]
+    pake: Pake | None = None
+    if opts.encrypt:
+        assert opts.passphrase is not None
+        pake = Pake(opts.passphrase, role == LISTEN, *PAKE_IDS)
+        hello["pake"] = pake.message.hex()
     mine = encode_json(HELLO, hello)
     writer.write(mine)
     async with asyncio.timeout(opts.handshake_timeout):
@@ -136,8 +142,9 @@ async def handshake(
         theirs = decode_json(HELLO, body)
         check_hello(theirs)
         if theirs.get("role") != peer_role:
-            raise ProtocolError(f"peer is not a '{peer_role}' side (role {theirs.get('role')!r})")
-        nick = field(theirs, "nick", str, HELLO)[:32]
+            got = safe_text(repr(theirs.get("role")), 40)
+            raise ProtocolError(f"peer is not a '{peer_role}' side (role {got})")
+        nick = safe_text(field(theirs, "nick", str, HELLO), 32)
         mode = theirs.get("mode")
         if mode != opts.mode:
             msg = (
@@ -150,12 +157,12 @@ async def handshake(
         link = Link(reader, writer, nick)
         if not opts.encrypt:
             return link
-        assert opts.provider is not None and opts.passphrase is not None
-        lhello, lbody = (hello, mine[4:]) if role == LISTEN else (theirs, body)
-        salt = hex_field(lhello, "salt", crypto.SALT_SIZE, HELLO)
-        params = _scrypt_params(lhello)
-        master = await asyncio.to_thread(crypto.master_key, opts.passphrase, salt, params)
-        context = crypto.transcript(lbody, body if role == LISTEN else mine[4:])
+        assert opts.provider is not None and pake is not None
+        # One guess per connection: the peer's element is used once, with this run's secret.
+        shared = pake.finish(hex_field(theirs, "pake", MESSAGE_SIZE, HELLO))
+        lbody, cbody = (mine[4:], body) if role == LISTEN else (body, mine[4:])
+        context = crypto.transcript(lbody, cbody)
+        master = crypto.derive(shared, "master", context)
 
         def keys(direction: str) -> tuple[bytes, bytes]:
             return (
@@ -164,47 +171,39 @@ async def handshake(
             )
 
         link.sealer = crypto.Sealer(opts.provider, *keys(f"{role}>{peer_role}"))
-        link.opener = crypto.Opener(opts.provider, *keys(f"{peer_role}>{role}"), who="peer")
-        link.fingerprint = crypto.fingerprint(master, context)
-        # Both sides send their confirmation before reading the other's, so both learn of a
-        # wrong passphrase at the same step.
-        label = crypto.LABEL + b"confirm\0"
-        writer.write(encode(CONFIRM, link.sealer.mac(label + role.encode() + context)))
-        await writer.drain()
         try:
-            rtype, body = await read_record(reader)
-        except PeerClosed:
-            raise HandshakeRejected(
-                "peer closed the connection during key confirmation (wrong passphrase?)"
-            ) from None
-        if rtype == ERROR:
-            raise HandshakeRejected(f"peer refused the chat: {error_text(body)}")
-        if rtype != CONFIRM:
-            raise ProtocolError(f"expected CONFIRM, got {TYPE_NAMES[rtype]}")
-        if not hmac.compare_digest(body, link.opener.mac(label + peer_role.encode() + context)):
-            await _reject(writer, "key confirmation failed: wrong passphrase")
-            await link.close()
-            raise HandshakeRejected(
-                "wrong passphrase: key confirmation with the peer failed (no message exchanged)"
-            )
+            link.opener = crypto.Opener(opts.provider, *keys(f"{peer_role}>{role}"), who="peer")
+            link.fingerprint = crypto.fingerprint(master, context)
+            await _confirm(link, role, peer_role, context)
+        except BaseException:
+            await link.close()  # the provider's sessions too
+            raise
         return link
 
 
-def _scrypt_params(hello: dict[str, Any]) -> ScryptParams:
-    raw = hello.get("scrypt")
-    if (
-        not isinstance(raw, list)
-        or len(raw) != 3
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
-    ):
-        raise ProtocolError("malformed HELLO record: bad 'scrypt'")
-    params = ScryptParams(*raw)
-    params.check()
-    if params.log_n > MAX_PEER_LOG_N:
-        raise ProtocolError(
-            f"peer asks for scrypt N=2^{params.log_n}; the limit is 2^{MAX_PEER_LOG_N}"
+async def _confirm(link: Link, role: str, peer_role: str, context: bytes) -> None:
+    """Key confirmation. Both sides send theirs before reading the other's, so both learn of
+    a wrong passphrase at the same step. With a PAKE this is safe: a confirmation only lets a
+    peer test the one passphrase it committed to in its PAKE message."""
+    assert link.sealer is not None and link.opener is not None
+    label = crypto.LABEL + b"confirm\0"
+    link.writer.write(encode(CONFIRM, link.sealer.mac(label + role.encode() + context)))
+    await link.writer.drain()
+    try:
+        rtype, body = await read_record(link.reader)
+    except PeerClosed:
+        raise HandshakeRejected(
+            "peer closed the connection during key confirmation (wrong passphrase?)"
+        ) from None
+    if rtype == ERROR:
+        raise HandshakeRejected(f"peer refused the chat: {error_text(body)}")
+    if rtype != CONFIRM:
+        raise ProtocolError(f"expected CONFIRM, got {TYPE_NAMES[rtype]}")
+    if not hmac.compare_digest(body, link.opener.mac(label + peer_role.encode() + context)):
+        await _reject(link.writer, "key confirmation failed: wrong passphrase")
+        raise HandshakeRejected(
+            "wrong passphrase: key confirmation with the peer failed (no message exchanged)"
         )
-    return params
 
 
 async def converse(link: Link, ui: ChatUI, lines: LineSource) -> int:
@@ -274,31 +273,50 @@ async def _wait_eof(reader: asyncio.StreamReader) -> None:
             pass
 
 
-async def listen(transport: Transport, address: str, opts: ChatOptions, ui: ChatUI) -> int:
-    """Wait for one peer; connections that fail the hello are dropped and we keep waiting."""
+async def listen(
+    transport: Transport,
+    address: str,
+    opts: ChatOptions,
+    ui: ChatUI,
+    limiter: HandshakeLimiter | None = None,
+) -> int:
+    """Wait for one peer. A connection whose handshake fails (silence, wrong passphrase,
+    other mode, garbage) is dropped and we keep waiting; handshakes are rate-limited per
+    source so nobody can guess quickly or make us burn CPU."""
     chosen: asyncio.Future[Link] = asyncio.get_running_loop().create_future()
+    limiter = limiter or HandshakeLimiter()
+    running = 0
+    refused_noted: dict[str, float] = {}
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _peername(writer)
+        nonlocal running
+        peer = peer_label(writer)
         if chosen.done():
             await _reject(writer, "busy: this listener already has a peer")
             await close_writer(writer)
             return
+        source = peer_source(writer)
+        if running >= MAX_HANDSHAKES or not limiter.allow(source):
+            await _reject(writer, "too many handshakes from your address: try again later")
+            await close_writer(writer)
+            now = asyncio.get_running_loop().time()
+            if now - refused_noted.get(source, -60.0) >= 10:  # one notice per source per 10 s
+                refused_noted[source] = now
+                ui.notice(f"refused {peer}: too many handshakes from {source}")
+            return
+        running += 1
         try:
             link = await handshake(reader, writer, LISTEN, opts)
         except TimeoutError:
             ui.notice(f"dropped {peer}: no handshake within {opts.handshake_timeout:g} s")
             await close_writer(writer)
             return
-        except HandshakeRejected as exc:
-            await close_writer(writer)
-            if not chosen.done():
-                chosen.set_exception(CdevError(str(exc)))
-            return
         except CdevError as exc:
-            ui.notice(f"dropped {peer}: {exc}")
+            ui.notice(f"dropped {peer}: {safe_text(str(exc), 300)}")
             await close_writer(writer)
             return
+        finally:
+            running -= 1
         if chosen.done():
             await _reject(writer, "busy: this listener already has a peer")
             await link.close()
@@ -327,10 +345,3 @@ async def connect(transport: Transport, address: str, opts: ChatOptions, ui: Cha
         await close_writer(writer)
         raise
     return await converse(link, ui, LineSource())
-
-
-def _peername(writer: asyncio.StreamWriter) -> str:
-    name = writer.get_extra_info("peername")
-    if isinstance(name, tuple) and len(name) >= 2:
-        return f"{name[0]}:{name[1]}"
-    return str(name or "unix peer")

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.text import Text
 
 from cdev.chat.framing import MAX_TEXT
+from cdev.chat.safe import safe_bytes, safe_text
 
 
 class ChatUI(Protocol):
@@ -30,27 +31,38 @@ class ChatUI(Protocol):
 
 
 class PipeUI:
-    """Messages to stdout (``<nick> text`` in a room, bare text between two peers)."""
+    """Messages to stdout (``<nick> text`` in a room, bare text between two peers).
+
+    Messages go out byte for byte (like nc) unless stdout is a terminal; nicknames and
+    notices, which may quote peers, are always made safe (stderr is usually a terminal)."""
 
     interactive = False
 
     def __init__(self, out: BinaryIO | None = None, err: BinaryIO | None = None) -> None:
         self._out = out if out is not None else sys.stdout.buffer
         self._err = err if err is not None else sys.stderr.buffer
+        self._out_tty = _isatty(self._out)
 
     def message(self, nick: str | None, text: bytes) -> None:
-        line = text + b"\n" if nick is None else b"<" + nick.encode() + b"> " + text + b"\n"
+        if self._out_tty:
+            text = safe_bytes(text)
+        if nick is None:
+            line = text + b"\n"
+        else:
+            line = b"<" + safe_text(nick).encode() + b"> " + text + b"\n"
         self._out.write(line)
         self._out.flush()
 
     def notice(self, text: str) -> None:
-        self._err.write(f"cdev: {text}\n".encode())
+        self._err.write(f"cdev: {safe_text(text)}\n".encode())
         self._err.flush()
 
 
-def _printable(text: str) -> str:
-    # Peers must not be able to drive our terminal with escape sequences.
-    return "".join(c if c.isprintable() else "\ufffd" for c in text)
+def _isatty(f: BinaryIO) -> bool:
+    try:
+        return f.isatty()
+    except (OSError, ValueError):
+        return False
 
 
 class RichUI:
@@ -62,13 +74,13 @@ class RichUI:
     def message(self, nick: str | None, text: bytes) -> None:
         line = Text()
         line.append(time.strftime("%H:%M "), style="dim")
-        line.append(_printable(nick or "peer"), style="bold cyan")
+        line.append(safe_text(nick or "peer"), style="bold cyan")
         line.append(": ")
-        line.append(_printable(text.decode("utf-8", "replace")))
+        line.append(safe_text(text.decode("utf-8", "replace")))
         self._console.print(line)
 
     def notice(self, text: str) -> None:
-        self._console.print(Text(f"-- {_printable(text)}", style="italic yellow"))
+        self._console.print(Text(f"-- {safe_text(text)}", style="italic yellow"))
 
 
 def pick_ui() -> ChatUI:

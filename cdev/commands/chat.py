@@ -10,6 +10,8 @@ from typing import Any
 import typer
 
 from cdev.chat.options import ChatOptions, check_nick
+from cdev.commands.options import ProviderOption
+from cdev.errors import CdevError
 from cdev.keys import read_passphrase
 from cdev.plugins import get_registry
 from cdev.transport import Transport
@@ -36,9 +38,7 @@ TRANSPORT = typer.Option(
     "tcp", "--transport", "-t", help="Transport plugin: tcp (HOST:PORT) or unix (PATH)."
 )
 ENCRYPT = typer.Option(False, "--encrypt", "-e", help="End-to-end encrypt (shared passphrase).")
-PROVIDER = typer.Option(
-    "software", "--provider", "-p", help="Crypto provider for --encrypt (NAME or NAME:ARG)."
-)
+PROVIDER = ProviderOption  # --provider, or CDEV_PROVIDER, as for every other command
 PASSFILE = typer.Option(
     None,
     "--passphrase-file",
@@ -49,8 +49,18 @@ HANDSHAKE_TIMEOUT = typer.Option(
 )
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> None:
-    code = asyncio.run(coro)
+def _run(coro: Coroutine[Any, Any, int], opts: ChatOptions | None = None) -> None:
+    """Run a chat; close the provider it opened; peer-quoting errors made terminal-safe."""
+    from cdev.chat.safe import safe_text
+
+    try:
+        code = asyncio.run(coro)
+    except CdevError as exc:
+        # Messages may quote what a peer or broker sent: no escape sequence reaches stderr.
+        raise CdevError(safe_text(str(exc), 500), exit_code=exc.exit_code) from None
+    finally:
+        if opts is not None and opts.provider is not None:
+            opts.provider.close()
     raise typer.Exit(code)
 
 
@@ -107,7 +117,7 @@ def listen_cmd(
 
     tr = _transport(transport)
     opts = _options(nick, encrypt, provider, passphrase_file, handshake_timeout)
-    _run(twopeer.listen(tr, address, opts, pick_ui()))
+    _run(twopeer.listen(tr, address, opts, pick_ui()), opts)
 
 
 @chat_app.command("connect")
@@ -129,7 +139,7 @@ def connect_cmd(
 
     tr = _transport(transport)
     opts = _options(nick, encrypt, provider, passphrase_file, handshake_timeout)
-    _run(twopeer.connect(tr, address, opts, pick_ui()))
+    _run(twopeer.connect(tr, address, opts, pick_ui()), opts)
 
 
 @chat_app.command("broker")
@@ -197,8 +207,8 @@ def join_cmd(
     if on_bus:
         from cdev.chat.buspeer import bus_join
 
-        _run(bus_join(tr, address, opts, pick_ui()))
-    _run(join(tr, address, opts, pick_ui()))
+        _run(bus_join(tr, address, opts, pick_ui()), opts)
+    _run(join(tr, address, opts, pick_ui()), opts)
 
 
 def register(app: typer.Typer) -> None:
