@@ -14,11 +14,11 @@ names members by id in its VOUCH and ROSTER records.
 
 Presence is kept by every BusRoom from what the others publish: ``who`` (a newcomer asks;
 members answer ``here`` to its inbox), ``join``, ``info`` (the member's announced group), a
-``beat`` every ``heartbeat`` seconds and ``leave``. A member not heard from for ``expiry``
-seconds is announced as gone (LEFT). Presence is not authenticated, exactly like a broker's
-JOINED/LEFT: whoever can publish on the room's subject has the broker's powers
-(docs/chat-bus.md), and no more: membership of the group, keys, signatures and sequence
-numbers are end to end, in the members' RoomSessions.
+``beat`` every ``heartbeat`` seconds and ``leave``. A member silent while ``expiry`` seconds'
+worth of our own beats came back to us is announced as gone (LEFT). Presence is not
+authenticated, exactly like a broker's JOINED/LEFT: whoever can publish on the room's subject
+has the broker's powers (docs/chat-bus.md), and no more: membership of the group, keys,
+signatures and sequence numbers are end to end, in the members' RoomSessions.
 
 Everything read from the bus is hostile: sizes are bounded before parsing, every field is
 checked, a member cannot be announced twice, and answers to ``who`` are rate limited.
@@ -85,6 +85,7 @@ MAX_DATA = MAX_BODY - RELAY_PREFIX.size
 MAX_MESSAGE = 1 + ROUTE.size + HEADER.size + MAX_DATA
 EVENTS = frozenset({"who", "here", "join", "beat", "info", "leave"})
 MAX_ID = (1 << 32) - 1
+MAX_EARLY_BYTES = 4 << 20  # what arrives between "who" and WELCOME, kept for the member
 
 
 class Bus(Protocol):
@@ -169,6 +170,7 @@ class BusRoom:
         self.epoch = 0
         self._beats = 0
         self._early: list[tuple[str, str, bytes]] = []
+        self._early_bytes = 0
         self._rivals: set[int] = set()  # newcomers asking "who" while we were
         self._who_tokens = self.config.who_rate
         self._who_stamp = time.monotonic()
@@ -181,7 +183,7 @@ class BusRoom:
     async def attach(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Subscribe, ask who is there, and return the member's end of the connection."""
         await self.bus.subscribe(self.subject, self._on_message)
-        # A provisional id for the inbox; the final one avoids every id we then know of.
+        # Random: a clash with a member present (2^-32 each) is refused after "who" below.
         self.id = self._fresh_id()
         self.inbox = f"{self.subject}.to.{self.id}"
         await self.bus.subscribe(self.inbox, self._on_message)
@@ -433,8 +435,9 @@ class BusRoom:
             return
         if self._writer is not None and not self.admitted:
             # Between "who" and WELCOME: keep (bounded) and process once admitted.
-            if len(self._early) < 10000:
+            if self._early_bytes + len(data) <= MAX_EARLY_BYTES:
                 self._early.append((subject, reply, data))
+                self._early_bytes += len(data)
             return
         tag = data[:1]
         try:
