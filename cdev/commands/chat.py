@@ -35,7 +35,10 @@ chat_app = typer.Typer(
 )
 
 TRANSPORT = typer.Option(
-    "tcp", "--transport", "-t", help="Transport plugin: tcp (HOST:PORT) or unix (PATH)."
+    "tcp",
+    "--transport",
+    "-t",
+    help="Transport plugin: tcp (HOST:PORT), unix (PATH); join also nats (nats://H:P,.../ROOM).",
 )
 ENCRYPT = typer.Option(False, "--encrypt", "-e", help="End-to-end encrypt (shared passphrase).")
 PROVIDER = ProviderOption  # --provider, or CDEV_PROVIDER, as for every other command
