@@ -1,10 +1,16 @@
-"""Broker benchmark: cdev's broker (plain and encrypted) against ``ncat --broker -m 2000``.
+"""Room benchmark: cdev's broker (plain and encrypted), rooms on a NATS cluster (1 and 3
+servers, encrypted) and ``ncat --broker -m 2000``, side by side in one run.
 
 Workload (issue 3): P peers each send M messages of 64 bytes; every message goes to every
 other peer. Reported: deliveries/s, p50/p99 delivery latency, CPU used by the broker and by
 the generators, and the idle RSS of a broker holding 1,000 peers. Run::
 
     .venv/bin/python bench/chat_bench.py [--peers 200] [--messages 100] [--workers 4]
+
+NATS contenders: every peer runs the real nats transport (its own NATS connection and the
+BusRoom that plays the broker's part for it) inside the generator, so the bus's per-member work
+is counted in the generators' CPU and the servers' in "broker CPU"; with 3 servers the peers are
+spread evenly over them (peer i starts on server i mod 3).
 
 Load generators: the same asyncio design for every contender, spread over worker processes
 (peers split evenly). Each peer writes its M messages back to back once every peer of every
@@ -41,7 +47,10 @@ from typing import Any
 import psutil
 
 from cdev.chat import crypto
+from cdev.chat.bus import BusConfig
+from cdev.chat.buspeer import open_bus_room
 from cdev.chat.client import RoomClient, open_room
+from cdev.chat.cluster import LocalCluster
 from cdev.chat.framing import DATA, ERROR, JOINED, LEFT, RELAY, decode_json
 from cdev.chat.options import ChatOptions
 from cdev.chat.room import sender_keys
@@ -70,11 +79,18 @@ class WorkerResult:
     first_send: int = 0
     last_recv: int = 0
     verified: int = 0
+    lost: int = 0
     cpu: float = 0.0
 
 
+def _nats_address(address: str, idx: int) -> str:
+    servers, room = address.removeprefix("nats://").split("/")
+    hosts = servers.split(",")
+    k = idx % len(hosts)
+    return "nats://" + ",".join(hosts[k:] + hosts[:k]) + "/" + room
+
+
 async def _cdev_peer(address: str, idx: int, opts: ChatOptions) -> RoomClient:
-    tcp = get_registry().transport("tcp")
     o = ChatOptions(
         nick=f"p{idx}",
         encrypt=opts.encrypt,
@@ -83,14 +99,20 @@ async def _cdev_peer(address: str, idx: int, opts: ChatOptions) -> RoomClient:
         handshake_timeout=120,
         connect_timeout=120,
     )
-    return await open_room(tcp, address, o)
+    if address.startswith("nats://"):
+        from cdev_plugins.nats import NatsTransport
+
+        tr = NatsTransport(mode=o.mode, config=BusConfig(settle=0.5), randomize=False)
+        return await open_bus_room(tr, _nats_address(address, idx), o)
+    return await open_room(get_registry().transport("tcp"), address, o)
 
 
 async def _worker_main(
     kind: str, address: str, mine: list[int], peers: int, msgs: int, barrier: Any
 ) -> WorkerResult:
     res = WorkerResult()
-    encrypted = kind == "cdev-encrypted"
+    quiet = 30.0 if kind.startswith("nats") else 300.0  # no delivery for this long: lost
+    encrypted = kind == "cdev-encrypted" or kind.startswith("nats")
     expected = (peers - 1) * msgs
     host, port = address.rsplit(":", 1)
     conns: list[tuple[int, asyncio.StreamReader, asyncio.StreamWriter, Any]] = []
@@ -131,6 +153,7 @@ async def _worker_main(
     async def receiver(idx: int, r: asyncio.StreamReader, c: RoomClient | None) -> None:
         counts = [0] * peers
         got = 0
+        now = time.monotonic_ns()
         buf = bytearray()
         head = early.get(idx, b"")  # what the client had read but not handled
         verify = (idx + 1) % peers
@@ -146,7 +169,14 @@ async def _worker_main(
                 opener.expected = member.expected
         unpack = RELAY_HEAD.unpack_from
         while got < expected:
-            data = head or await r.read(1 << 18)
+            try:
+                data = head or await asyncio.wait_for(r.read(1 << 18), quiet)
+            except TimeoutError:
+                # Core NATS is at most once (a slow consumer is cut off by its server): what
+                # has not come after this long is lost, and counted as such.
+                res.lost += expected - got
+                res.bad.append(f"peer {idx}: {expected - got} deliveries lost")
+                break
             head = b""
             if not data:
                 res.bad.append(f"peer {idx}: connection closed after {got} deliveries")
@@ -210,7 +240,7 @@ async def _worker_main(
                     pos = end
             del buf[:pos]
         res.received += got
-        res.last_recv = max(res.last_recv, time.monotonic_ns())
+        res.last_recv = max(res.last_recv, now)  # the last delivery, not the quiet wait
         if got == expected and any(counts[s] != msgs for s in range(peers) if s != idx):
             res.bad.append(f"peer {idx}: per-sender counts wrong")
 
@@ -235,6 +265,18 @@ def _worker(
     t = os.times()
     res.cpu = t.user + t.system
     out.put(res)
+
+
+class _Cluster:
+    """A NATS cluster standing in for a broker process in the measurements."""
+
+    def __init__(self, size: int) -> None:
+        self.cluster = LocalCluster(size=size)
+        self.cluster.start()
+        self.pids = [n.pid for n in self.cluster.nodes]
+
+    def stop(self) -> None:
+        self.cluster.stop()
 
 
 def _start_broker(kind: str, port: int) -> subprocess.Popen[bytes]:
@@ -268,31 +310,46 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def _cpu(procs: list[psutil.Process]) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+
 def run_workload(kind: str, peers: int, msgs: int, workers: int) -> dict[str, Any]:
     port = _free_port()
-    broker = _start_broker(kind, port)
-    bproc = psutil.Process(broker.pid)
+    cluster: _Cluster | None = None
+    if kind.startswith("nats"):
+        cluster = _Cluster(int(kind.split("-")[1]))
+        address = cluster.cluster.address + "/bench"
+        bprocs = [psutil.Process(pid) for pid in cluster.pids]
+    else:
+        broker = _start_broker(kind, port)
+        address = f"127.0.0.1:{port}"
+        bprocs = [psutil.Process(broker.pid)]
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(workers + 1)
     out = ctx.Queue()
     slices = [list(range(peers))[i::workers] for i in range(workers)]
     procs = [
-        ctx.Process(target=_worker, args=(kind, f"127.0.0.1:{port}", s, peers, msgs, barrier, out))
+        ctx.Process(target=_worker, args=(kind, address, s, peers, msgs, barrier, out))
         for s in slices
     ]
     for p in procs:
         p.start()
     barrier.wait()
-    cpu0 = sum(bproc.cpu_times()[:2])
+    cpu0 = _cpu(bprocs)
     results = [out.get(timeout=600) for _ in procs]
-    cpu1 = sum(bproc.cpu_times()[:2])
+    cpu1 = _cpu(bprocs)
+    rss = sum(p.memory_info().rss for p in bprocs)
     for p in procs:
         p.join()
-    broker.send_signal(signal.SIGTERM)
-    try:
-        broker.wait(10)
-    except subprocess.TimeoutExpired:
-        broker.kill()
+    if cluster is not None:
+        cluster.stop()
+    else:
+        broker.send_signal(signal.SIGTERM)
+        try:
+            broker.wait(10)
+        except subprocess.TimeoutExpired:
+            broker.kill()
     sends = {(s, q): t for r in results for s, q, t in r.sends}
     lats = [(t - sends[(s, q)]) / 1e6 for r in results for s, q, t in r.recvs if (s, q) in sends]
     start = min(t for r in results for *_, t in r.sends)
@@ -310,8 +367,14 @@ def run_workload(kind: str, peers: int, msgs: int, workers: int) -> dict[str, An
         "p99_ms": round(_pct(lats, 0.99), 1) if lats else None,
         "latency_samples": len(lats),
         "verified_records": sum(r.verified for r in results),
+        "lost": sum(r.lost for r in results),
         "broker_cpu_s": round(cpu1 - cpu0, 2),
         "generator_cpu_s": round(sum(r.cpu for r in results), 2),
+        "broker_rss_mib": round(rss / 2**20, 1),
+        "broker_us_per_delivery": round((cpu1 - cpu0) / max(delivered, 1) * 1e6, 3),
+        "total_us_per_delivery": round(
+            (cpu1 - cpu0 + sum(r.cpu for r in results)) / max(delivered, 1) * 1e6, 3
+        ),
         "problems": bad[:5],
         "problem_count": len(bad),
     }
@@ -388,10 +451,14 @@ def main() -> None:
     ap.add_argument("--idle-peers", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=1, help="interleaved repetitions")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--no-nats", dest="nats", action="store_false", help="skip the NATS runs")
+    ap.add_argument("--no-idle", dest="idle", action="store_false", help="skip idle RSS")
     args = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     kinds = ["cdev-plain", "cdev-encrypted"]
+    if args.nats:
+        kinds += ["nats-1", "nats-3"]
     if shutil.which("ncat"):
         kinds.append("ncat")
     else:
@@ -416,7 +483,7 @@ def main() -> None:
             runs.append(r)
             print(json.dumps(r), flush=True)
     idle = []
-    for kind in ["cdev-plain", *(["ncat"] if "ncat" in kinds else [])]:
+    for kind in ["cdev-plain", *(["ncat"] if "ncat" in kinds else [])] if args.idle else []:
         r = idle_rss(kind, args.idle_peers, args.workers)
         idle.append(r)
         print(json.dumps(r), flush=True)

@@ -35,7 +35,10 @@ chat_app = typer.Typer(
 )
 
 TRANSPORT = typer.Option(
-    "tcp", "--transport", "-t", help="Transport plugin: tcp (HOST:PORT) or unix (PATH)."
+    "tcp",
+    "--transport",
+    "-t",
+    help="Transport plugin: tcp (HOST:PORT), unix (PATH); join also nats (nats://H:P,.../ROOM).",
 )
 ENCRYPT = typer.Option(False, "--encrypt", "-e", help="End-to-end encrypt (shared passphrase).")
 PROVIDER = ProviderOption  # --provider, or CDEV_PROVIDER, as for every other command
@@ -66,6 +69,21 @@ def _run(coro: Coroutine[Any, Any, int], opts: ChatOptions | None = None) -> Non
 
 def _transport(name: str) -> Transport:
     return get_registry().transport(name)
+
+
+def _room_transport(name: str, address: str, encrypt: bool) -> tuple[Transport, bool]:
+    """The transport for a room address (``SCHEME://...`` picks the transport SCHEME), and
+    whether it is a message bus rather than a broker connection."""
+    scheme, sep, _ = address.partition("://")
+    if sep and name == "tcp":
+        name = scheme
+    tr = _transport(name)
+    set_mode = getattr(tr, "set_member_mode", None)
+    if callable(set_mode):
+        # On a bus nobody runs 'broker --encrypt': a new room takes its first member's mode.
+        set_mode("encrypted" if encrypt else "plain")
+        return tr, True
+    return tr, False
 
 
 def _options(
@@ -169,7 +187,9 @@ def broker_cmd(
 
 @chat_app.command("join")
 def join_cmd(
-    address: str = typer.Argument(..., help="HOST:PORT or PATH of a 'cdev chat broker'."),
+    address: str = typer.Argument(
+        ..., help="HOST:PORT or PATH of a 'cdev chat broker', or nats://HOST:PORT,.../ROOM."
+    ),
     nick: str = typer.Option(..., "--nick", "-n", help="Your name in the room."),
     transport: str = TRANSPORT,
     encrypt: bool = ENCRYPT,
@@ -177,17 +197,25 @@ def join_cmd(
     passphrase_file: Path = PASSFILE,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
 ) -> None:
-    """Join a broker's room as NICK; stdin EOF (or Ctrl-D) says goodbye and leaves.
+    """Join a broker's room (or a room on a NATS cluster: nats://HOST:PORT,.../ROOM) as NICK;
+    stdin EOF (or Ctrl-D) says goodbye and leaves.
 
     Example: cdev chat join 127.0.0.1:7000 --nick alice --encrypt
     """
     from cdev.chat.client import join
     from cdev.chat.ui import pick_ui
 
-    tr = _transport(transport)
+    tr, on_bus = _room_transport(transport, address, encrypt)
     opts = _options(nick, encrypt, provider, passphrase_file, handshake_timeout)
+    if on_bus:
+        from cdev.chat.buspeer import bus_join
+
+        _run(bus_join(tr, address, opts, pick_ui()), opts)
     _run(join(tr, address, opts, pick_ui()), opts)
 
 
 def register(app: typer.Typer) -> None:
+    from cdev.commands.chat_cluster import cluster_app
+
+    chat_app.add_typer(cluster_app, name="cluster")
     app.add_typer(chat_app, name="chat")
