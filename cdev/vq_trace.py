@@ -29,7 +29,14 @@ EVENT_PREFIX = "virtio_cryptodev_"
 
 # Names from kernel/virtio_cryptodev.h (tests/test_vq_trace.py checks they agree).
 CALL_NAMES = {0: "OPEN", 1: "CLOSE", 2: "IOCTL"}
-CMD_NAMES = {1: "SESSION_CREATE", 2: "SESSION_DESTROY", 3: "CRYPT", 4: "SESSION_INFO"}
+CMD_NAMES = {
+    1: "SESSION_CREATE",
+    2: "SESSION_DESTROY",
+    3: "CRYPT",
+    4: "SESSION_INFO",
+    5: "HASH_COPY",
+    6: "AUTHCRYPT",
+}
 STATUS_NAMES = {
     0: "OK",
     1: "BADMSG",
@@ -40,6 +47,7 @@ STATUS_NAMES = {
     6: "NOMEM",
     7: "LIMIT",
     8: "ENGINE",
+    9: "BADTAG",
 }
 OP_NAMES = {0: "encrypt", 1: "decrypt"}
 

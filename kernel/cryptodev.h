@@ -111,11 +111,39 @@ struct crypt_op {
 #define COP_FLAG_AEAD_SRTP_TYPE	(1 << 5)
 #define COP_FLAG_RESET		(1 << 6)	/* multi-update reset */
 
+/*
+ * CIOCAUTHCRYPT: AEAD (AES-GCM). Encryption writes len bytes of ciphertext and the tag
+ * to dst; decryption takes ciphertext and tag (len counts both) and writes the
+ * plaintext. len is updated to the bytes written, tag to where the tag is in dst.
+ */
+struct crypt_auth_op {
+	__u32 ses;
+	__u16 op;		/* COP_ENCRYPT or COP_DECRYPT */
+	__u16 flags;		/* COP_FLAG_AEAD_* */
+	__u32 len;
+	__u32 auth_len;
+	__u8 __user *auth_src;
+	__u8 __user *src;
+	__u8 __user *dst;
+	__u8 __user *tag;
+	__u32 tag_len;		/* 0: the full tag */
+	__u8 __user *iv;
+	__u32 iv_len;
+};
+
+/* CIOCCPHASH: copy the hash state of src_ses into dst_ses. */
+struct cphash_op {
+	__u32 dst_ses;
+	__u32 src_ses;
+};
+
 #define CRIOGET		_IOWR('c', 101, __u32)
 #define CIOCGSESSION	_IOWR('c', 102, struct session_op)
 #define CIOCFSESSION	_IOW('c', 103, __u32)
 #define CIOCCRYPT	_IOWR('c', 104, struct crypt_op)
 #define CIOCASYMFEAT	_IOR('c', 106, __u32)
 #define CIOCGSESSINFO	_IOWR('c', 107, struct session_info_op)
+#define CIOCAUTHCRYPT	_IOWR('c', 109, struct crypt_auth_op)
+#define CIOCCPHASH	_IOW('c', 112, struct cphash_op)
 
 #endif /* CRYPTODEV_ABI_H */

@@ -19,8 +19,13 @@
  * descriptor chain: one reference for the waiting task, one for the device while the
  * chain is in the ring. The virtqueue callback completes and drops the device's
  * reference; a task killed while waiting drops its own and leaves the buffers to the
- * callback, so the device never writes into freed memory. An OPEN whose waiter was
- * killed after the host created a handle has that handle closed by a work item.
+ * callback, so the device never writes into freed memory. An OPEN or SESSION_CREATE
+ * whose waiter was killed after the host created the handle or session has it closed
+ * or destroyed by a work item, so host and guest counts never drift.
+ *
+ * Suspend/hibernate: freeze takes the queue down as removal does (waiting requests
+ * fail with -ENODEV); restore brings it back. The reset between them drops every
+ * handle and session on the host, so files opened before answer -EBADF afterwards.
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -53,9 +58,56 @@
 #define VCD_DRIVER_NAME	"virtio-cryptodev"
 #define VCD_MINORS	256
 
-/* Bits stored per session in vcd_file.sessions. */
-#define VCD_SES_CIPHER	BIT(0)
-#define VCD_SES_MAC	BIT(1)
+/*
+ * What this driver knows of each algorithm, as cryptodev-linux (the Linux crypto API)
+ * has it; the device says in its config space which of them it has.
+ */
+struct vcd_alg {
+	u32 alg;
+	bool cipher;
+	u8 keylens[3];			/* accepted key sizes (ciphers) */
+	u8 ivlen;			/* 0: no IV (ECB) */
+	u8 blocklen;			/* len must be a multiple (1: any) */
+	u8 digestlen;
+	bool keyed;			/* HMAC */
+	bool aead;			/* CIOCAUTHCRYPT only */
+};
+
+static const struct vcd_alg vcd_algs[] = {
+	{ CRYPTO_AES_CBC, true, { 16, 24, 32 }, 16, 16 },
+	{ CRYPTO_AES_ECB, true, { 16, 24, 32 }, 0, 16 },
+	{ CRYPTO_AES_CTR, true, { 16, 24, 32 }, 16, 1 },
+	{ CRYPTO_AES_XTS, true, { 32, 64 }, 16, 16 },
+	{ CRYPTO_3DES_CBC, true, { 24 }, 8, 8 },
+	{ CRYPTO_AES_GCM, true, { 16, 24, 32 }, VCD_GCM_IV_LEN, 1, .aead = true },
+	{ CRYPTO_MD5, .digestlen = 16 },
+	{ CRYPTO_SHA1, .digestlen = 20 },
+	{ CRYPTO_SHA2_224, .digestlen = 28 },
+	{ CRYPTO_SHA2_256, .digestlen = 32 },
+	{ CRYPTO_SHA2_384, .digestlen = 48 },
+	{ CRYPTO_SHA2_512, .digestlen = 64 },
+	{ CRYPTO_MD5_HMAC, .digestlen = 16, .keyed = true },
+	{ CRYPTO_SHA1_HMAC, .digestlen = 20, .keyed = true },
+	{ CRYPTO_SHA2_224_HMAC, .digestlen = 28, .keyed = true },
+	{ CRYPTO_SHA2_256_HMAC, .digestlen = 32, .keyed = true },
+	{ CRYPTO_SHA2_384_HMAC, .digestlen = 48, .keyed = true },
+	{ CRYPTO_SHA2_512_HMAC, .digestlen = 64, .keyed = true },
+};
+
+static const struct vcd_alg *vcd_alg_find(u32 alg, bool cipher)
+{
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(vcd_algs); i++)
+		if (vcd_algs[i].alg == alg && vcd_algs[i].cipher == cipher)
+			return &vcd_algs[i];
+	return NULL;
+}
+
+/* A session's algorithms, as stored in vcd_file.sessions (an xa value). */
+#define VCD_SES_VALUE(cipher, mac)	((cipher) | (mac) << 8)
+#define VCD_SES_CIPHER(v)		((v) & 0xff)
+#define VCD_SES_MAC(v)			(((v) >> 8) & 0xff)
 
 /* An impossible status: a response the device never wrote reads as an error. */
 #define VCD_S_UNSET	0xffffffffU
@@ -76,8 +128,17 @@ struct vcd_device {
 	unsigned long freed;		/* bumped when ring entries come back */
 	wait_queue_head_t space_wq;	/* tasks waiting for ring space */
 	struct rw_semaphore remove_sem;	/* add+notify vs. del_vqs */
-	struct list_head orphans;	/* OPENs answered after their waiter died */
+	struct list_head orphans;	/* creations answered after their waiter died */
 	struct work_struct orphan_work;
+	/*
+	 * What was negotiated, cached at probe: an open file may outlive vdev (hot
+	 * unplug), so the ioctl paths never read vdev.
+	 */
+	bool indirect;			/* VIRTIO_RING_F_INDIRECT_DESC */
+	bool algs_f;			/* VCD_F_ALGS negotiated */
+	bool multipart_f;		/* VCD_F_MULTIPART negotiated */
+	bool aead_f;			/* VCD_F_AEAD negotiated */
+	u32 algs[VCD_ALG_BITS / 32];	/* what the device has, by number */
 	int minor;
 	struct cdev cdev;
 	struct device dev;
@@ -86,11 +147,16 @@ struct vcd_device {
 /* Crypt requests at least this long use the caller's pages (zero copy). */
 #define VCD_ZC_MIN		4096
 
-/* Caller's pages handed to the device as they are (zero copy). */
+/*
+ * Pages handed to the device as a scatterlist: the caller's own (zero copy), or, for a
+ * copy larger than a page, order-0 pages of ours (@owned): a 256 KiB request must not
+ * need an order-6 allocation.
+ */
 struct vcd_pin {
 	struct page **pages;
 	unsigned int npages;
 	bool dirty;			/* the device writes them */
+	bool owned;			/* ours to free, not the caller's to unpin */
 	struct sg_table sgt;
 };
 
@@ -101,6 +167,13 @@ struct vcd_buf {
 	bool sensitive;			/* holds a key: wipe before freeing */
 };
 
+/*
+ * Most payload and result buffers of one call: AEAD header + iv + aad + src;
+ * dst + IV out + digest.
+ */
+#define VCD_MAX_OUT	4
+#define VCD_MAX_IN	3
+
 struct vcd_request {
 	refcount_t ref;
 	struct completion done;
@@ -109,8 +182,8 @@ struct vcd_request {
 	bool abandoned;			/* waiter gone; under vcd->lock */
 	unsigned int written;		/* bytes the device reported */
 	unsigned int nout, nin;
-	struct vcd_buf out[2];		/* device-readable payload */
-	struct vcd_buf in[2];		/* device-writable results */
+	struct vcd_buf out[VCD_MAX_OUT];	/* device-readable payload */
+	struct vcd_buf in[VCD_MAX_IN];		/* device-writable results */
 	struct work_struct free_work;	/* unpinning may sleep: not from the callback */
 	struct vcd_req req;
 	struct vcd_resp resp ____cacheline_aligned;
@@ -119,8 +192,7 @@ struct vcd_request {
 struct vcd_file {
 	struct vcd_device *vcd;
 	u32 handle;			/* the device's handle for this file */
-	struct xarray sessions;		/* session id -> VCD_SES_* (xa value) */
-	atomic_t nsessions;
+	struct xarray sessions;		/* session id -> VCD_SES_VALUE() (xa value) */
 };
 
 /* Arguments of the ioctls, independent of the caller's pointer size. */
@@ -128,6 +200,16 @@ struct vcd_sess_args {
 	u32 cipher, mac, keylen, mackeylen, ses;
 	u8 __user *key;
 	u8 __user *mackey;
+};
+
+struct vcd_auth_args {
+	u32 ses, len, auth_len, tag_len;
+	u16 op, flags;
+	u8 __user *auth_src;
+	u8 __user *src;
+	u8 __user *dst;
+	u8 __user *tag;			/* out: where the tag is in dst */
+	u8 __user *iv;
 };
 
 struct vcd_crypt_args {
@@ -161,7 +243,14 @@ static struct workqueue_struct *vcd_free_wq;
 
 static void vcd_unpin(struct vcd_pin *p)
 {
-	unpin_user_pages_dirty_lock(p->pages, p->npages, p->dirty);
+	unsigned int i;
+
+	if (p->owned) {
+		for (i = 0; i < p->npages; i++)
+			__free_page(p->pages[i]);
+	} else {
+		unpin_user_pages_dirty_lock(p->pages, p->npages, p->dirty);
+	}
 	sg_free_table(&p->sgt);
 	kvfree(p->pages);
 	kfree(p);
@@ -292,6 +381,63 @@ static int vcd_req_pin(struct vcd_request *r, bool out, const void __user *uaddr
 	return 0;
 }
 
+/*
+ * Attach a buffer of @len bytes made of order-0 pages of ours, for copies larger than a
+ * page; vcd_pages_copy() moves data between it and user memory.
+ */
+static struct vcd_pin *vcd_req_pages(struct vcd_request *r, bool out, u32 len)
+{
+	struct vcd_buf *b = out ? &r->out[r->nout] : &r->in[r->nin];
+	unsigned int i, npages = DIV_ROUND_UP(len, PAGE_SIZE);
+	struct vcd_pin *p;
+	int err = -ENOMEM;
+
+	p = kzalloc(sizeof(*p), GFP_KERNEL);
+	if (!p)
+		return ERR_PTR(-ENOMEM);
+	p->owned = true;
+	p->pages = kvmalloc_array(npages, sizeof(*p->pages), GFP_KERNEL);
+	if (!p->pages)
+		goto fail;
+	for (; p->npages < npages; p->npages++) {
+		p->pages[p->npages] = alloc_page(GFP_KERNEL);
+		if (!p->pages[p->npages])
+			goto fail;
+	}
+	err = sg_alloc_table_from_pages(&p->sgt, p->pages, npages, 0, len, GFP_KERNEL);
+	if (err)
+		goto fail;
+	b->pin = p;
+	b->len = len;
+	if (out)
+		r->nout++;
+	else
+		r->nin++;
+	return p;
+
+fail:
+	for (i = 0; i < p->npages; i++)
+		__free_page(p->pages[i]);
+	kvfree(p->pages);
+	kfree(p);
+	return ERR_PTR(err);
+}
+
+/* Copy @len bytes between user memory and pages of ours; -EFAULT on a bad address. */
+static int vcd_pages_copy(struct vcd_pin *p, void __user *uaddr, u32 len, bool to_user)
+{
+	unsigned int i, n;
+	u32 off = 0;
+
+	for (i = 0; off < len; i++, off += n) {
+		n = min_t(u32, PAGE_SIZE, len - off);
+		if (to_user ? copy_to_user(uaddr + off, page_address(p->pages[i]), n) :
+			      copy_from_user(page_address(p->pages[i]), uaddr + off, n))
+			return -EFAULT;
+	}
+	return 0;
+}
+
 /* A device-readable buffer filled from user memory; @sensitive for keys. */
 static int vcd_req_copy_in(struct vcd_request *r, const void __user *src, u32 len,
 			   bool sensitive)
@@ -323,11 +469,21 @@ static int vcd_status_errno(u32 status)
 		return -ENOMEM;
 	case VCD_S_LIMIT:
 		return -EMFILE;
+	case VCD_S_BADTAG:
+		return -EBADMSG;
 	case VCD_S_BADMSG:
 	case VCD_S_ENGINE:
 	default:
 		return -EIO;
 	}
+}
+
+/* An OPEN or SESSION_CREATE: what it made must not outlive a waiter that died. */
+static bool vcd_creates(struct vcd_request *r)
+{
+	return le32_to_cpu(r->req.type) == VCD_CALL_OPEN ||
+	       (le32_to_cpu(r->req.type) == VCD_CALL_IOCTL &&
+		le32_to_cpu(r->req.cmd) == VCD_CMD_SESSION_CREATE);
 }
 
 static void vcd_vq_done(struct virtqueue *vq)
@@ -348,7 +504,7 @@ static void vcd_vq_done(struct virtqueue *vq)
 		while ((r = virtqueue_get_buf(vq, &len)) != NULL) {
 			freed = true;
 			r->written = len;
-			if (r->abandoned && le32_to_cpu(r->req.type) == VCD_CALL_OPEN &&
+			if (r->abandoned && vcd_creates(r) &&
 			    le32_to_cpu(r->resp.status) == VCD_S_OK) {
 				/* Keep the device's reference for the work item. */
 				list_add_tail(&r->node, &vcd->orphans);
@@ -380,9 +536,9 @@ static bool vcd_space_changed(struct vcd_device *vcd, unsigned long seen)
  */
 static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killable)
 {
-	struct scatterlist hdr, resp, out[2], in[2];
-	struct scatterlist *sgs[6];
-	unsigned int n = 0, i, in_total = sizeof(r->resp);
+	struct scatterlist hdr, resp, out[VCD_MAX_OUT], in[VCD_MAX_IN];
+	struct scatterlist *sgs[VCD_MAX_OUT + VCD_MAX_IN + 2];
+	unsigned int n = 0, i, in_total = sizeof(r->resp), nents = 2;
 	unsigned long seen;
 	bool notify = false, done;
 	int err;
@@ -392,8 +548,10 @@ static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killab
 	for (i = 0; i < r->nout; i++) {
 		if (r->out[i].pin) {
 			sgs[n++] = r->out[i].pin->sgt.sgl;
+			nents += r->out[i].pin->sgt.nents;
 			continue;
 		}
+		nents++;
 		sg_init_one(&out[i], r->out[i].data, r->out[i].len);
 		sgs[n++] = &out[i];
 	}
@@ -401,8 +559,10 @@ static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killab
 		in_total += r->in[i].len;
 		if (r->in[i].pin) {
 			sgs[n++] = r->in[i].pin->sgt.sgl;
+			nents += r->in[i].pin->sgt.nents;
 			continue;
 		}
+		nents++;
 		sg_init_one(&in[i], r->in[i].data, r->in[i].len);
 		sgs[n++] = &in[i];
 	}
@@ -424,6 +584,12 @@ static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killab
 			err = virtqueue_add_sgs(vcd->vq, sgs, 1 + r->nout, r->nin + 1, r,
 						GFP_ATOMIC);
 			notify = !err && virtqueue_kick_prepare(vcd->vq);
+			/*
+			 * A chain longer than the ring (pinned pages whose indirect table
+			 * could not be allocated) would wait for room forever.
+			 */
+			if (err == -ENOSPC && nents > virtqueue_get_vring_size(vcd->vq))
+				err = -ENOMEM;
 		}
 		seen = vcd->freed;
 		spin_unlock_irq(&vcd->lock);
@@ -489,11 +655,32 @@ static int vcd_close_handle(struct vcd_device *vcd, u32 handle)
 	return err;
 }
 
+/* SESSION_DESTROY for a session nobody knows of; never interrupted. */
+static int vcd_destroy_orphan(struct vcd_device *vcd, u32 handle, u32 ses)
+{
+	struct vcd_request *r = vcd_req_alloc(VCD_CALL_IOCTL, handle, VCD_CMD_SESSION_DESTROY);
+	int err;
+
+	if (!r)
+		return -ENOMEM;
+	r->req.session = cpu_to_le32(ses);
+	err = vcd_submit(vcd, r, false);
+	if (!err)
+		err = vcd_status_errno(le32_to_cpu(r->resp.status));
+	vcd_req_put(r);
+	return err;
+}
+
+/*
+ * Handles and sessions the device created for waiters that were killed: undo them, so
+ * that the host holds nothing the guest has forgotten.
+ */
 static void vcd_orphan_work(struct work_struct *work)
 {
 	struct vcd_device *vcd = container_of(work, struct vcd_device, orphan_work);
 	struct vcd_request *r;
-	u32 handle;
+	u32 handle, ses;
+	bool open;
 	int err;
 
 	for (;;) {
@@ -504,12 +691,16 @@ static void vcd_orphan_work(struct work_struct *work)
 		spin_unlock_irq(&vcd->lock);
 		if (!r)
 			return;
-		handle = le32_to_cpu(r->resp.handle);
+		open = le32_to_cpu(r->req.type) == VCD_CALL_OPEN;
+		handle = open ? le32_to_cpu(r->resp.handle) : le32_to_cpu(r->req.handle);
+		ses = le32_to_cpu(r->resp.session);
 		complete(&r->done);
 		vcd_req_put(r);
-		err = vcd_close_handle(vcd, handle);
-		if (err && err != -ENODEV)
-			dev_warn(&vcd->dev, "closing orphaned handle %u: %d\n", handle, err);
+		err = open ? vcd_close_handle(vcd, handle) : vcd_destroy_orphan(vcd, handle, ses);
+		/* The file may have closed its handle (and its sessions) meanwhile. */
+		if (err && err != -ENODEV && err != -EBADF && err != -EINVAL)
+			dev_warn(&vcd->dev, "undoing an orphaned %s: %d\n",
+				 open ? "handle" : "session", err);
 	}
 }
 
@@ -539,49 +730,70 @@ static int vcd_destroy_session(struct vcd_file *vf, u32 ses)
 	return err;
 }
 
+/* The algorithm @alg if the device has it: NULL and *err = -EINVAL or -EOPNOTSUPP. */
+static const struct vcd_alg *vcd_alg_usable(struct vcd_device *vcd, u32 alg, bool cipher,
+					    int *err)
+{
+	const struct vcd_alg *info = vcd_alg_find(alg, cipher);
+
+	/*
+	 * A number cryptodev-linux defines that this driver does not serve is
+	 * -EOPNOTSUPP; an unknown number, or a MAC given as a cipher, -EINVAL.
+	 */
+	*err = -EINVAL;
+	if (!info) {
+		if (!vcd_alg_find(alg, !cipher) &&
+		    ((alg >= CRYPTO_DES_CBC && alg <= CRYPTO_AES_ECB) || alg == CRYPTO_AES_GCM ||
+		     (alg >= CRYPTO_CAMELLIA_CBC && alg < CRYPTO_ALGORITHM_ALL)))
+			*err = -EOPNOTSUPP;
+		return NULL;
+	}
+	/* Known, but this device (or its protocol version) lacks it. */
+	*err = -EOPNOTSUPP;
+	if (alg >= VCD_ALG_BITS || !(vcd->algs[alg / 32] & BIT(alg % 32)))
+		return NULL;
+	return info;
+}
+
 static int vcd_create_session(struct vcd_file *vf, struct vcd_sess_args *a)
 {
+	const struct vcd_alg *calg = NULL, *malg = NULL;
 	struct vcd_request *r;
-	unsigned long bits = 0;
+	unsigned int i;
 	int err;
 
+	if (!a->cipher && !a->mac)
+		return -EINVAL;
 	/* As cryptodev-linux: the key lengths of an absent algorithm are ignored. */
-	switch (a->cipher) {
-	case 0:
+	if (a->cipher) {
+		calg = vcd_alg_usable(vf->vcd, a->cipher, true, &err);
+		if (!calg)
+			return err;
+		for (i = 0; i < ARRAY_SIZE(calg->keylens); i++)
+			if (calg->keylens[i] && a->keylen == calg->keylens[i])
+				break;
+		if (i == ARRAY_SIZE(calg->keylens))
+			return -EINVAL;
+	} else {
 		a->keylen = 0;
-		break;
-	case CRYPTO_AES_CBC:
-		if (a->keylen != 16 && a->keylen != 24 && a->keylen != 32)
-			return -EINVAL;
-		bits |= VCD_SES_CIPHER;
-		break;
-	default:
-		return -EINVAL;
 	}
-	switch (a->mac) {
-	case 0:
+	if (calg && calg->aead && a->mac)
+		return -EINVAL;		/* GCM authenticates by itself */
+	if (a->mac) {
+		malg = vcd_alg_usable(vf->vcd, a->mac, false, &err);
+		if (!malg)
+			return err;
+		if (!malg->keyed)
+			a->mackeylen = 0;	/* a plain hash ignores the key */
+		else if (a->mackeylen > CRYPTO_HMAC_MAX_KEY_LEN)
+			return -EINVAL;
+	} else {
 		a->mackeylen = 0;
-		break;
-	case CRYPTO_SHA2_256_HMAC:
-		if (a->mackeylen > CRYPTO_HMAC_MAX_KEY_LEN)
-			return -EINVAL;
-		bits |= VCD_SES_MAC;
-		break;
-	default:
-		return -EINVAL;
 	}
-	if (!bits)
-		return -EINVAL;
 
-	if (atomic_inc_return(&vf->nsessions) > VCD_MAX_SESSIONS) {
-		err = -EMFILE;
-		goto out_count;
-	}
 	r = vcd_req_alloc(VCD_CALL_IOCTL, vf->handle, VCD_CMD_SESSION_CREATE);
-	if (!r) {
-		err = -ENOMEM;
-		goto out_count;
-	}
+	if (!r)
+		return -ENOMEM;
 	r->req.cipher = cpu_to_le32(a->cipher);
 	r->req.mac = cpu_to_le32(a->mac);
 	r->req.keylen = cpu_to_le32(a->keylen);
@@ -593,7 +805,8 @@ static int vcd_create_session(struct vcd_file *vf, struct vcd_sess_args *a)
 		err = vcd_call(vf, r);
 	if (!err) {
 		a->ses = le32_to_cpu(r->resp.session);
-		err = xa_insert(&vf->sessions, a->ses, xa_mk_value(bits), GFP_KERNEL);
+		err = xa_insert(&vf->sessions, a->ses,
+				xa_mk_value(VCD_SES_VALUE(a->cipher, a->mac)), GFP_KERNEL);
 		if (err) {
 			/* -EBUSY: the device reused a live id. */
 			vcd_destroy_session(vf, a->ses);
@@ -601,10 +814,6 @@ static int vcd_create_session(struct vcd_file *vf, struct vcd_sess_args *a)
 		}
 	}
 	vcd_req_put(r);
-	if (!err)
-		return 0;
-out_count:
-	atomic_dec(&vf->nsessions);
 	return err;
 }
 
@@ -616,80 +825,135 @@ static int vcd_free_session(struct vcd_file *vf, u32 ses)
 		return -EINVAL;
 	err = vcd_destroy_session(vf, ses);
 	/* Unknown to the device too: forget it here as well. */
-	if (!err || err == -EINVAL) {
-		if (xa_erase(&vf->sessions, ses))
-			atomic_dec(&vf->nsessions);
-	}
+	if (!err || err == -EINVAL)
+		xa_erase(&vf->sessions, ses);
 	return err;
+}
+
+/*
+ * cryptodev-linux's multi-part hashing, as flags for the device: a hash restarts with
+ * RESET or when neither UPDATE nor FINAL is given (a one-shot), and is output with
+ * FINAL, without UPDATE, or on an empty operation.
+ */
+static u16 vcd_hash_flags(u16 flags, u32 len)
+{
+	u16 wire = 0;
+
+	if ((flags & COP_FLAG_RESET) || !(flags & (COP_FLAG_UPDATE | COP_FLAG_FINAL)))
+		wire |= VCD_CF_HASH_RESET;
+	if ((flags & COP_FLAG_FINAL) || !(flags & COP_FLAG_UPDATE) || !len)
+		wire |= VCD_CF_HASH_FINAL;
+	return wire;
 }
 
 static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
 {
+	struct vcd_device *vcd = vf->vcd;
+	const struct vcd_alg *calg = NULL, *malg = NULL;
 	struct vcd_request *r;
-	void *entry, *dst = NULL, *mac = NULL, *iv;
-	unsigned long bits;
+	void *entry, *dst = NULL, *mac = NULL, *iv = NULL, *ivout = NULL;
+	struct vcd_pin *pages, *dst_pages = NULL;
+	unsigned long v;
+	u32 ivlen = 0;
+	u16 wire = 0;
 	bool zc;
 	int err;
 
 	if (a->op != COP_ENCRYPT && a->op != COP_DECRYPT)
 		return -EINVAL;
-	if (a->flags & ~(COP_FLAG_WRITE_IV | COP_FLAG_NO_ZC))
+	if (a->flags & ~(COP_FLAG_UPDATE | COP_FLAG_FINAL | COP_FLAG_RESET |
+			 COP_FLAG_WRITE_IV | COP_FLAG_NO_ZC))
 		return -EINVAL;
 	if (a->len > VCD_MAX_DATA_LEN)
 		return -EINVAL;
 	entry = xa_load(&vf->sessions, a->ses);
 	if (!entry)
 		return -EINVAL;
-	bits = xa_to_value(entry);
-	if ((bits & VCD_SES_CIPHER) && a->len % VCD_BLOCK_LEN)
-		return -EINVAL;
+	v = xa_to_value(entry);
+	if (VCD_SES_CIPHER(v))
+		calg = vcd_alg_find(VCD_SES_CIPHER(v), true);
+	if (VCD_SES_MAC(v))
+		malg = vcd_alg_find(VCD_SES_MAC(v), false);
+	if (calg && (calg->aead || a->len % calg->blocklen))
+		return -EINVAL;		/* AEAD sessions take CIOCAUTHCRYPT */
+	/* cryptodev-linux: no IV (or an ECB session) keeps the session's chained IV. */
+	if (calg && calg->ivlen && a->iv)
+		ivlen = calg->ivlen;
+	if (malg)
+		wire |= vcd_hash_flags(a->flags, a->len);
+	if (ivlen && (a->flags & COP_FLAG_WRITE_IV))
+		wire |= VCD_CF_IV_OUT;
+	/* A device without discovery has explicit IVs and one-shot MACs only. */
+	if (!vcd->algs_f && ((calg && !ivlen) || (wire & VCD_CF_IV_OUT)))
+		return -EOPNOTSUPP;
+	if (malg && !vcd->multipart_f &&
+	    (wire & (VCD_CF_HASH_RESET | VCD_CF_HASH_FINAL)) !=
+	    (VCD_CF_HASH_RESET | VCD_CF_HASH_FINAL))
+		return -EOPNOTSUPP;
 
 	r = vcd_req_alloc(VCD_CALL_IOCTL, vf->handle, VCD_CMD_CRYPT);
 	if (!r)
 		return -ENOMEM;
 	r->req.session = cpu_to_le32(a->ses);
 	r->req.op = cpu_to_le16(a->op);
+	/* The first protocol version takes no flags: its MACs are one-shot. */
+	r->req.flags = cpu_to_le16(vcd->algs_f ? wire : 0);
 	r->req.len = cpu_to_le32(a->len);
-	if (bits & VCD_SES_CIPHER) {
-		r->req.ivlen = cpu_to_le32(VCD_IV_LEN);
-		iv = vcd_req_buf(r, true, VCD_IV_LEN);
+	r->req.ivlen = cpu_to_le32(ivlen);
+	if (ivlen) {
+		iv = vcd_req_buf(r, true, ivlen);
 		err = PTR_ERR_OR_ZERO(iv);
-		/* No IV from the caller: an all-zero one. */
-		if (!err && !a->iv)
-			memset(iv, 0, VCD_IV_LEN);
-		else if (!err && copy_from_user(iv, a->iv, VCD_IV_LEN))
+		if (!err && copy_from_user(iv, a->iv, ivlen))
 			err = -EFAULT;
 		if (err)
 			goto out;
 	}
 	/*
 	 * Large requests use the caller's pages directly, as cryptodev-linux does: copies
-	 * cost more than the crypto. Not with WRITE_IV (it reads the ciphertext back) or
-	 * NO_ZC, nor in place (src == dst: one pin must not be both read and written), nor
-	 * without indirect descriptors (a page per entry would not fit the ring).
+	 * cost more than the crypto. Not with NO_ZC, nor in place (src == dst: one pin must
+	 * not be both read and written), nor without indirect descriptors (a page per
+	 * entry would not fit the ring).
 	 */
-	zc = a->len >= VCD_ZC_MIN && !(a->flags & (COP_FLAG_WRITE_IV | COP_FLAG_NO_ZC)) &&
-	     a->src != a->dst &&
-	     virtio_has_feature(vf->vcd->vdev, VIRTIO_RING_F_INDIRECT_DESC);
-	err = zc ? vcd_req_pin(r, true, a->src, a->len) :
-		   vcd_req_copy_in(r, a->src, a->len, false);
+	zc = a->len >= VCD_ZC_MIN && !(a->flags & COP_FLAG_NO_ZC) && a->src != a->dst &&
+	     vcd->indirect;
+	if (zc) {
+		err = vcd_req_pin(r, true, a->src, a->len);
+	} else if (a->len > PAGE_SIZE) {
+		pages = vcd_req_pages(r, true, a->len);
+		err = PTR_ERR_OR_ZERO(pages);
+		if (!err)
+			err = vcd_pages_copy(pages, a->src, a->len, false);
+	} else {
+		err = vcd_req_copy_in(r, a->src, a->len, false);
+	}
 	if (err)
 		goto out;
-	if (bits & VCD_SES_CIPHER) {
+	if (calg) {
 		if (zc) {
 			err = vcd_req_pin(r, false, a->dst, a->len);
+		} else if (a->len > PAGE_SIZE) {
+			dst_pages = vcd_req_pages(r, false, a->len);
+			err = PTR_ERR_OR_ZERO(dst_pages);
 			if (err)
-				goto out;
+				dst_pages = NULL;
 		} else {
 			dst = vcd_req_buf(r, false, a->len);
-			if (IS_ERR(dst)) {
-				err = PTR_ERR(dst);
-				goto out;
-			}
+			err = PTR_ERR_OR_ZERO(dst);
+			if (err)
+				dst = NULL;
+		}
+		if (err)
+			goto out;
+	}
+	if (wire & VCD_CF_IV_OUT) {
+		ivout = vcd_req_buf(r, false, ivlen);
+		if (IS_ERR(ivout)) {
+			err = PTR_ERR(ivout);
+			goto out;
 		}
 	}
-	if (bits & VCD_SES_MAC) {
-		mac = vcd_req_buf(r, false, VCD_HMAC_SHA256_LEN);
+	if (wire & VCD_CF_HASH_FINAL) {
+		mac = vcd_req_buf(r, false, malg->digestlen);
 		if (IS_ERR(mac)) {
 			err = PTR_ERR(mac);
 			goto out;
@@ -699,22 +963,138 @@ static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
 	err = vcd_call(vf, r);
 	if (err)
 		goto out;
-	if (dst && copy_to_user(a->dst, dst, a->len)) {
+	if (dst && copy_to_user(a->dst, dst, a->len))
 		err = -EFAULT;
-		goto out;
-	}
-	if (mac && copy_to_user(a->mac, mac, VCD_HMAC_SHA256_LEN)) {
+	else if (dst_pages && vcd_pages_copy(dst_pages, a->dst, a->len, true))
 		err = -EFAULT;
-		goto out;
-	}
-	if ((a->flags & COP_FLAG_WRITE_IV) && dst && a->iv && a->len) {
-		/* CBC: the next IV is the last ciphertext block. */
-		const u8 *ct = a->op == COP_ENCRYPT ? dst : r->out[r->nout - 1].data;
-
-		if (copy_to_user(a->iv, ct + a->len - VCD_BLOCK_LEN, VCD_BLOCK_LEN))
-			err = -EFAULT;
-	}
+	else if (mac && copy_to_user(a->mac, mac, malg->digestlen))
+		err = -EFAULT;
+	else if (ivout && copy_to_user(a->iv, ivout, ivlen))
+		err = -EFAULT;
 out:
+	vcd_req_put(r);
+	return err;
+}
+
+/* A device-readable buffer of user data: order-0 pages when larger than a page. */
+static int vcd_req_data_in(struct vcd_request *r, const void __user *src, u32 len)
+{
+	struct vcd_pin *pages;
+
+	if (len <= PAGE_SIZE)
+		return vcd_req_copy_in(r, src, len, false);
+	pages = vcd_req_pages(r, true, len);
+	if (IS_ERR(pages))
+		return PTR_ERR(pages);
+	return vcd_pages_copy(pages, (void __user *)src, len, false);
+}
+
+/*
+ * CIOCAUTHCRYPT with AES-GCM, cryptodev-linux's layout: see struct crypt_auth_op. A tag
+ * that does not match is -EBADMSG and nothing is written. The TLS and SRTP types (CBC
+ * plus HMAC records) are not offered.
+ */
+static int vcd_authcrypt(struct vcd_file *vf, struct vcd_auth_args *a)
+{
+	const struct vcd_alg *calg = NULL;
+	struct vcd_pin *dst_pages = NULL;
+	struct vcd_request *r;
+	struct vcd_aead *hdr;
+	void *entry, *iv, *dst = NULL;
+	u32 dst_len;
+	int err;
+
+	if (a->flags & (COP_FLAG_AEAD_TLS_TYPE | COP_FLAG_AEAD_SRTP_TYPE))
+		return -EOPNOTSUPP;
+	if (a->op != COP_ENCRYPT && a->op != COP_DECRYPT)
+		return -EINVAL;
+	entry = xa_load(&vf->sessions, a->ses);
+	if (!entry)
+		return -EINVAL;
+	if (VCD_SES_CIPHER(xa_to_value(entry)))
+		calg = vcd_alg_find(VCD_SES_CIPHER(xa_to_value(entry)), true);
+	/* A GCM IV is never taken from the previous operation: reuse breaks GCM. */
+	if (!calg || !calg->aead || !a->iv)
+		return -EINVAL;
+	if (!a->tag_len)
+		a->tag_len = VCD_GCM_TAG_LEN;
+	if (a->tag_len > VCD_GCM_TAG_LEN || a->auth_len > VCD_MAX_AAD_LEN ||
+	    a->len > VCD_MAX_DATA_LEN || (a->op == COP_DECRYPT && a->len < a->tag_len))
+		return -EINVAL;
+	dst_len = a->op == COP_ENCRYPT ? a->len + a->tag_len : a->len - a->tag_len;
+
+	r = vcd_req_alloc(VCD_CALL_IOCTL, vf->handle, VCD_CMD_AUTHCRYPT);
+	if (!r)
+		return -ENOMEM;
+	r->req.session = cpu_to_le32(a->ses);
+	r->req.op = cpu_to_le16(a->op);
+	r->req.len = cpu_to_le32(a->len);
+	r->req.ivlen = cpu_to_le32(VCD_GCM_IV_LEN);
+	hdr = vcd_req_buf(r, true, sizeof(*hdr));
+	err = PTR_ERR_OR_ZERO(hdr);
+	if (err)
+		goto out;
+	memset(hdr, 0, sizeof(*hdr));
+	hdr->auth_len = cpu_to_le32(a->auth_len);
+	hdr->tag_len = cpu_to_le32(a->tag_len);
+	iv = vcd_req_buf(r, true, VCD_GCM_IV_LEN);
+	err = PTR_ERR_OR_ZERO(iv);
+	if (!err && copy_from_user(iv, a->iv, VCD_GCM_IV_LEN))
+		err = -EFAULT;
+	if (!err)
+		err = vcd_req_copy_in(r, a->auth_src, a->auth_len, false);
+	if (!err)
+		err = vcd_req_data_in(r, a->src, a->len);
+	if (err)
+		goto out;
+	if (dst_len > PAGE_SIZE) {
+		dst_pages = vcd_req_pages(r, false, dst_len);
+		err = PTR_ERR_OR_ZERO(dst_pages);
+		if (err)
+			dst_pages = NULL;
+	} else if (dst_len) {
+		dst = vcd_req_buf(r, false, dst_len);
+		err = PTR_ERR_OR_ZERO(dst);
+		if (err)
+			dst = NULL;
+	}
+	if (!err)
+		err = vcd_call(vf, r);
+	if (err)
+		goto out;
+	if (dst && copy_to_user(a->dst, dst, dst_len))
+		err = -EFAULT;
+	else if (dst_pages && vcd_pages_copy(dst_pages, a->dst, dst_len, true))
+		err = -EFAULT;
+	a->tag = a->dst + (a->op == COP_ENCRYPT ? a->len : dst_len);
+	a->len = dst_len;
+out:
+	vcd_req_put(r);
+	return err;
+}
+
+/* CIOCCPHASH: the hash state of one session becomes a copy of another's. */
+static int vcd_copy_hash(struct vcd_file *vf, void __user *argp)
+{
+	struct cphash_op op;
+	struct vcd_request *r;
+	void *dst, *src;
+	int err;
+
+	if (copy_from_user(&op, argp, sizeof(op)))
+		return -EFAULT;
+	dst = xa_load(&vf->sessions, op.dst_ses);
+	src = xa_load(&vf->sessions, op.src_ses);
+	if (!dst || !src)
+		return -EINVAL;
+	if (!vf->vcd->multipart_f)
+		return -EOPNOTSUPP;
+	r = vcd_req_alloc(VCD_CALL_IOCTL, vf->handle, VCD_CMD_HASH_COPY);
+	if (!r)
+		return -ENOMEM;
+	r->req.session = cpu_to_le32(op.dst_ses);
+	r->req.session2 = cpu_to_le32(op.src_ses);
+	err = vcd_call(vf, r);
 	vcd_req_put(r);
 	return err;
 }
@@ -789,6 +1169,8 @@ static long vcd_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 {
 	struct vcd_file *vf = filp->private_data;
 	void __user *argp = (void __user *)arg;
+	struct crypt_auth_op caop;
+	struct vcd_auth_args aa;
 	struct vcd_crypt_args ca;
 	struct vcd_sess_args sa;
 	struct session_op sop;
@@ -830,6 +1212,27 @@ static long vcd_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 		return vcd_session_info(vf, argp);
 	case CRIOGET:
 		return vcd_crioget(filp, argp);
+	case CIOCCPHASH:
+		return vcd_copy_hash(vf, argp);
+	case CIOCASYMFEAT:
+		/* No asymmetric crypto, as cryptodev-linux answers today. */
+		return put_user(0, (u32 __user *)argp);
+	case CIOCAUTHCRYPT:
+		if (copy_from_user(&caop, argp, sizeof(caop)))
+			return -EFAULT;
+		aa = (struct vcd_auth_args){
+			.ses = caop.ses, .op = caop.op, .flags = caop.flags, .len = caop.len,
+			.auth_len = caop.auth_len, .tag_len = caop.tag_len,
+			.auth_src = caop.auth_src, .src = caop.src, .dst = caop.dst, .iv = caop.iv,
+		};
+		err = vcd_authcrypt(vf, &aa);
+		if (err)
+			return err;
+		/* As cryptodev-linux: the bytes written and where the tag is. */
+		caop.len = aa.len;
+		caop.tag_len = aa.tag_len;
+		caop.tag = aa.tag;
+		return copy_to_user(argp, &caop, sizeof(caop)) ? -EFAULT : 0;
 	default:
 		return -ENOTTY;
 	}
@@ -855,15 +1258,30 @@ struct compat_crypt_op {
 	compat_uptr_t src, dst, mac, iv;
 };
 
+struct compat_crypt_auth_op {
+	u32 ses;
+	u16 op;
+	u16 flags;
+	u32 len;
+	u32 auth_len;
+	compat_uptr_t auth_src, src, dst, tag;
+	u32 tag_len;
+	compat_uptr_t iv;
+	u32 iv_len;
+};
+
 #define COMPAT_CIOCGSESSION	_IOWR('c', 102, struct compat_session_op)
 #define COMPAT_CIOCCRYPT	_IOWR('c', 104, struct compat_crypt_op)
+#define COMPAT_CIOCAUTHCRYPT	_IOWR('c', 109, struct compat_crypt_auth_op)
 
 static long vcd_compat_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 {
 	struct vcd_file *vf = filp->private_data;
 	void __user *argp = compat_ptr(arg);
+	struct compat_crypt_auth_op caop;
 	struct compat_session_op sop;
 	struct compat_crypt_op cop;
+	struct vcd_auth_args aa;
 	struct vcd_crypt_args ca;
 	struct vcd_sess_args sa;
 	long err;
@@ -895,9 +1313,27 @@ static long vcd_compat_ioctl(struct file *filp, unsigned int cmd, unsigned long 
 			.mac = compat_ptr(cop.mac), .iv = compat_ptr(cop.iv),
 		};
 		return vcd_crypt(vf, &ca);
+	case COMPAT_CIOCAUTHCRYPT:
+		if (copy_from_user(&caop, argp, sizeof(caop)))
+			return -EFAULT;
+		aa = (struct vcd_auth_args){
+			.ses = caop.ses, .op = caop.op, .flags = caop.flags, .len = caop.len,
+			.auth_len = caop.auth_len, .tag_len = caop.tag_len,
+			.auth_src = compat_ptr(caop.auth_src), .src = compat_ptr(caop.src),
+			.dst = compat_ptr(caop.dst), .iv = compat_ptr(caop.iv),
+		};
+		err = vcd_authcrypt(vf, &aa);
+		if (err)
+			return err;
+		caop.len = aa.len;
+		caop.tag_len = aa.tag_len;
+		caop.tag = ptr_to_compat(aa.tag);
+		return copy_to_user(argp, &caop, sizeof(caop)) ? -EFAULT : 0;
 	case CIOCFSESSION:
 	case CIOCGSESSINFO:
 	case CRIOGET:
+	case CIOCCPHASH:
+	case CIOCASYMFEAT:
 		/* Same layout for 32- and 64-bit callers. */
 		return vcd_ioctl(filp, cmd, (unsigned long)argp);
 	default:
@@ -920,7 +1356,6 @@ static int vcd_open(struct inode *inode, struct file *filp)
 		return -ENOMEM;
 	vf->vcd = vcd;
 	xa_init(&vf->sessions);
-	atomic_set(&vf->nsessions, 0);
 
 	r = vcd_req_alloc(VCD_CALL_OPEN, 0, 0);
 	if (!r) {
@@ -975,6 +1410,34 @@ static void vcd_dev_release(struct device *dev)
 	kfree(container_of(dev, struct vcd_device, dev));
 }
 
+/*
+ * What the device offers: its config space with VCD_F_ALGS, else the first protocol
+ * version's two algorithms (an older device).
+ */
+static void vcd_discover(struct vcd_device *vcd)
+{
+	struct virtio_device *vdev = vcd->vdev;
+	struct vcd_config cfg;
+	unsigned int i;
+
+	BUILD_BUG_ON(sizeof(cfg) != 32);
+	vcd->indirect = virtio_has_feature(vdev, VIRTIO_RING_F_INDIRECT_DESC);
+	vcd->algs_f = virtio_has_feature(vdev, VCD_F_ALGS);
+	vcd->multipart_f = vcd->algs_f && virtio_has_feature(vdev, VCD_F_MULTIPART);
+	vcd->aead_f = vcd->algs_f && virtio_has_feature(vdev, VCD_F_AEAD);
+	memset(vcd->algs, 0, sizeof(vcd->algs));
+	if (!vcd->algs_f) {
+		vcd->algs[CRYPTO_AES_CBC / 32] |= BIT(CRYPTO_AES_CBC % 32);
+		vcd->algs[CRYPTO_SHA2_256_HMAC / 32] |= BIT(CRYPTO_SHA2_256_HMAC % 32);
+		return;
+	}
+	virtio_cread_bytes(vdev, 0, &cfg, sizeof(cfg));
+	for (i = 0; i < ARRAY_SIZE(vcd->algs); i++)
+		vcd->algs[i] = le32_to_cpu(cfg.algs[i]);
+	if (!vcd->aead_f)
+		vcd->algs[CRYPTO_AES_GCM / 32] &= ~BIT(CRYPTO_AES_GCM % 32);
+}
+
 static int vcd_probe(struct virtio_device *vdev)
 {
 	struct vcd_device *vcd;
@@ -1008,6 +1471,7 @@ static int vcd_probe(struct virtio_device *vdev)
 	cdev_init(&vcd->cdev, &vcd_fops);
 	vcd->cdev.owner = THIS_MODULE;
 
+	vcd_discover(vcd);
 	vcd->vq = virtio_find_single_vq(vdev, vcd_vq_done, "requests");
 	if (IS_ERR(vcd->vq)) {
 		err = PTR_ERR(vcd->vq);
@@ -1031,13 +1495,14 @@ out_put:
 	return err;
 }
 
-static void vcd_remove(struct virtio_device *vdev)
+/*
+ * Take the queue down: new and waiting requests fail with -ENODEV, the device is reset
+ * (which drops its handles and sessions) and every chain comes back.
+ */
+static void vcd_stop(struct vcd_device *vcd)
 {
-	struct vcd_device *vcd = vdev->priv;
+	struct virtio_device *vdev = vcd->vdev;
 	struct vcd_request *r;
-
-	/* No new opens; open files keep vcd alive but see -ENODEV from here on. */
-	cdev_device_del(&vcd->cdev, &vcd->dev);
 
 	spin_lock_irq(&vcd->lock);
 	vcd->broken = true;
@@ -1058,7 +1523,7 @@ static void vcd_remove(struct virtio_device *vdev)
 	spin_unlock_irq(&vcd->lock);
 	vdev->config->del_vqs(vdev);
 
-	/* Orphaned OPENs: the host state is gone with the reset. */
+	/* Orphaned creations: the host state is gone with the reset. */
 	cancel_work_sync(&vcd->orphan_work);
 	while ((r = list_first_entry_or_null(&vcd->orphans, struct vcd_request, node))) {
 		list_del_init(&r->node);
@@ -1066,10 +1531,46 @@ static void vcd_remove(struct virtio_device *vdev)
 		vcd_req_put(r);
 	}
 	vcd->vq = NULL;
+}
 
+static void vcd_remove(struct virtio_device *vdev)
+{
+	struct vcd_device *vcd = vdev->priv;
+
+	/* No new opens; open files keep vcd alive but see -ENODEV from here on. */
+	cdev_device_del(&vcd->cdev, &vcd->dev);
+	vcd_stop(vcd);
 	ida_free(&vcd_minor_ida, vcd->minor);
 	put_device(&vcd->dev);
 }
+
+#ifdef CONFIG_PM_SLEEP
+static int vcd_freeze(struct virtio_device *vdev)
+{
+	vcd_stop(vdev->priv);
+	return 0;
+}
+
+/* The device was reset: files opened before get -EBADF, new ones work. */
+static int vcd_restore(struct virtio_device *vdev)
+{
+	struct vcd_device *vcd = vdev->priv;
+	struct virtqueue *vq;
+
+	vcd_discover(vcd);
+	vq = virtio_find_single_vq(vdev, vcd_vq_done, "requests");
+	if (IS_ERR(vq))
+		return PTR_ERR(vq);
+	spin_lock_irq(&vcd->lock);
+	vcd->vq = vq;
+	spin_unlock_irq(&vcd->lock);
+	virtio_device_ready(vdev);
+	spin_lock_irq(&vcd->lock);
+	vcd->broken = false;
+	spin_unlock_irq(&vcd->lock);
+	return 0;
+}
+#endif
 
 static const struct virtio_device_id vcd_id_table[] = {
 	{ VIRTIO_ID_CRYPTODEV, VIRTIO_DEV_ANY_ID },
@@ -1077,12 +1578,22 @@ static const struct virtio_device_id vcd_id_table[] = {
 };
 MODULE_DEVICE_TABLE(virtio, vcd_id_table);
 
+static unsigned int vcd_features[] = {
+	VCD_F_ALGS, VCD_F_MULTIPART, VCD_F_AEAD,
+};
+
 static struct virtio_driver vcd_driver = {
 	.driver.name = KBUILD_MODNAME,
 	.driver.owner = THIS_MODULE,
+	.feature_table = vcd_features,
+	.feature_table_size = ARRAY_SIZE(vcd_features),
 	.id_table = vcd_id_table,
 	.probe = vcd_probe,
 	.remove = vcd_remove,
+#ifdef CONFIG_PM_SLEEP
+	.freeze = vcd_freeze,
+	.restore = vcd_restore,
+#endif
 };
 
 static int __init vcd_init(void)

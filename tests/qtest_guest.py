@@ -41,7 +41,10 @@ C = protocol_constants()
 REQ = struct.Struct("<8I2H3I")  # struct vcd_req, 48 bytes
 RESP = struct.Struct("<4I")  # struct vcd_resp, 16 bytes
 INFO_LEN = 4 * C["VCD_NAME_LEN"] + 8  # struct vcd_session_info
-assert REQ.size == 48 and RESP.size == 16
+CONFIG = struct.Struct("<4I4I")  # struct vcd_config: algs[4], 4 limits
+assert REQ.size == 48 and RESP.size == 16 and CONFIG.size == 32
+# Every device feature this driver knows; init() negotiates what is offered of them.
+ALL_FEATURES = (1 << C["VCD_F_ALGS"]) | (1 << C["VCD_F_MULTIPART"]) | (1 << C["VCD_F_AEAD"])
 
 VIRTQ_DESC_F_NEXT = 1
 VIRTQ_DESC_F_WRITE = 2
@@ -63,11 +66,11 @@ def req(
     flags: int = 0,
     length: int = 0,
     ivlen: int = 0,
-    reserved: int = 0,
+    session2: int = 0,
 ) -> bytes:
     return REQ.pack(
         call, handle, cmd, session, cipher, mac, keylen, mackeylen, op, flags, length, ivlen,
-        reserved,
+        session2,
     )  # fmt: skip
 
 
@@ -277,14 +280,18 @@ class VirtioCryptodev:
         self.cfg_writel(0x10 + 4 * bar + 4, 0)
         self.cfg_writel(0x04, self.cfg_readl(0x04) | 0x6)  # memory space + bus master
         self.common = BAR_ADDR + self.caps[1][1]
+        self.device_cfg = BAR_ADDR + self.caps[4][1] if 4 in self.caps else None
         self.notify_base = BAR_ADDR + self.caps[2][1]
         self.notify_mult = self.caps[2][2]
 
     def status(self) -> int:
         return self.qt.readb(self.common + 20)
 
-    def init(self, queue_size: int | None = None) -> None:
-        """Reset and bring the device up: features, one queue, DRIVER_OK."""
+    def init(self, queue_size: int | None = None, features: int = ALL_FEATURES) -> None:
+        """Reset and bring the device up: features, one queue, DRIVER_OK.
+
+        ``features`` are the device-specific bits (low word) the driver wants; what the
+        device offers of them is negotiated and kept in ``self.features``."""
         qt, c = self.qt, self.common
         qt.writeb(c + 20, 0)
         qt.writeb(c + 20, STATUS_ACK)
@@ -293,8 +300,11 @@ class VirtioCryptodev:
         self.device_features_hi = qt.readl(c + 4)
         if not self.device_features_hi & 1:
             raise QtestError("device does not offer VIRTIO_F_VERSION_1")
+        qt.writel(c + 0, 0)
+        self.device_features_lo = qt.readl(c + 4)
+        self.features = self.device_features_lo & features
         qt.writel(c + 8, 0)
-        qt.writel(c + 12, 0)
+        qt.writel(c + 12, self.features)
         qt.writel(c + 8, 1)
         qt.writel(c + 12, 1)  # VIRTIO_F_VERSION_1 only
         qt.writeb(c + 20, STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK)
@@ -316,6 +326,18 @@ class VirtioCryptodev:
         qt.writeb(c + 20, STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK)
         self.avail_idx = 0
         self.used_idx = 0
+
+    def has(self, name: str) -> bool:
+        return bool(self.features & (1 << C[name]))
+
+    def config(self) -> tuple[set[int], int, int, int, int]:
+        """struct vcd_config: the algorithm numbers, max data len, handles, sessions,
+        hash states."""
+        assert self.device_cfg is not None, "no device config capability"
+        raw = self.qt.read(self.device_cfg, CONFIG.size)
+        *words, max_data, max_handles, max_sessions, max_hash = CONFIG.unpack(raw)
+        algs = {n for n in range(128) if words[n // 32] & (1 << (n % 32))}
+        return algs, max_data, max_handles, max_sessions, max_hash
 
     def kick(self) -> None:
         self.qt.writew(self.notify_base + self.notify_off * self.notify_mult, 0)
@@ -441,7 +463,15 @@ def crypt_chain(
     *,
     cipher: bool = True,
     mac: bool = False,
+    flags: int | None = None,
+    ivout: int = 0,
+    maclen: int | None = None,
 ) -> list[Buf]:
+    """A CRYPT chain. ``mac`` asks for a digest area of ``maclen`` bytes (32 by default,
+    HMAC-SHA256) and, unless ``flags`` say otherwise, a one-shot MAC (RESET|FINAL);
+    ``ivout`` bytes of IV come back (pass VCD_CF_IV_OUT in ``flags``)."""
+    if flags is None:
+        flags = C["VCD_CF_HASH_RESET"] | C["VCD_CF_HASH_FINAL"] if mac else 0
     chain = [
         out(
             req(
@@ -450,6 +480,7 @@ def crypt_chain(
                 cmd=C["VCD_CMD_CRYPT"],
                 session=session,
                 op=op,
+                flags=flags,
                 length=len(src),
                 ivlen=len(iv),
             )
@@ -461,8 +492,62 @@ def crypt_chain(
         chain.append(out(src))
     if cipher and src:
         chain.append(into(len(src)))
+    if ivout:
+        chain.append(into(ivout))
     if mac:
-        chain.append(into(C["VCD_HMAC_SHA256_LEN"]))
+        chain.append(into(C["VCD_HMAC_SHA256_LEN"] if maclen is None else maclen))
+    chain.append(into(16))
+    return chain
+
+
+def hash_copy_chain(handle: int, dst: int, src: int) -> list[Buf]:
+    return [
+        out(
+            req(
+                C["VCD_CALL_IOCTL"],
+                handle=handle,
+                cmd=C["VCD_CMD_HASH_COPY"],
+                session=dst,
+                session2=src,
+            )
+        ),
+        into(16),
+    ]
+
+
+def authcrypt_chain(
+    handle: int,
+    session: int,
+    op: int,
+    iv: bytes,
+    aad: bytes,
+    src: bytes,
+    tag_len: int = 0,
+    *,
+    dst_len: int | None = None,
+) -> list[Buf]:
+    """An AUTHCRYPT chain (AES-GCM): dst is src plus the tag to encrypt, src less the
+    tag to decrypt, unless ``dst_len`` says otherwise."""
+    tag = tag_len or 16
+    if dst_len is None:
+        dst_len = len(src) + tag if op == C["VCD_OP_ENCRYPT"] else len(src) - tag
+    chain = [
+        out(
+            req(
+                C["VCD_CALL_IOCTL"],
+                handle=handle,
+                cmd=C["VCD_CMD_AUTHCRYPT"],
+                session=session,
+                op=op,
+                length=len(src),
+                ivlen=len(iv),
+            )
+        ),
+        out(struct.pack("<4I", len(aad), tag_len, 0, 0)),
+    ]
+    chain += [out(b) for b in (iv, aad, src) if b]
+    if dst_len > 0:
+        chain.append(into(dst_len))
     chain.append(into(16))
     return chain
 

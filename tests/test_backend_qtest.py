@@ -29,10 +29,12 @@ from tests.qtest_guest import (
     Done,
     Qtest,
     VirtioCryptodev,
+    authcrypt_chain,
     close_chain,
     create_chain,
     crypt_chain,
     destroy_chain,
+    hash_copy_chain,
     info_chain,
     into,
     open_chain,
@@ -156,7 +158,7 @@ def test_session_info(dev: VirtioCryptodev) -> None:
     assert done.status == OK
     names = [done.bufs[0][i * 64 : (i + 1) * 64].split(b"\0")[0] for i in range(4)]
     assert names[0] == b"cbc(aes)" and names[2] == b"hmac(sha256)"
-    assert names[1] == names[3] == b"qcrypto-builtin"
+    assert names[1] == b"qcrypto-builtin" and names[3] == b"gnutls"
 
 
 def test_whole_ring_per_kick(dev: VirtioCryptodev) -> None:
@@ -191,11 +193,8 @@ def test_sessions_belong_to_their_handle(dev: VirtioCryptodev) -> None:
 
 
 def test_limits(dev: VirtioCryptodev) -> None:
-    h = open_handle(dev)
-    for _ in range(C["VCD_MAX_SESSIONS"]):
-        new_session(dev, h, b"k" * 16)
-    assert dev.call(create_chain(h, AES, b"k" * 16)).status == LIMIT
-    handles = [h]
+    # Session budgets: tests/test_device_protocol_qtest.py.
+    handles = [open_handle(dev)]
     while len(handles) < C["VCD_MAX_HANDLES"]:
         n = min(60, C["VCD_MAX_HANDLES"] - len(handles))
         for done in dev.submit([open_chain() for _ in range(n)]):
@@ -322,7 +321,7 @@ def malformed_cases(h: int, ses: int, mses: int) -> list[tuple[str, list[Buf], i
         ("open with big response area", [out(req(0)), into(64)], BADMSG),
         ("open with handle", [out(req(0, handle=h)), into(16)], INVAL),
         ("open with cmd", [out(req(0, cmd=1)), into(16)], INVAL),
-        ("reserved set", [out(req(0, reserved=1)), into(16)], INVAL),
+        ("session2 set", [out(req(0, session2=1)), into(16)], INVAL),
         ("unknown call", [out(req(3)), into(16)], INVAL),
         ("huge call", [out(req(0xFFFFFFFF)), into(16)], INVAL),
         ("close unknown handle", close_chain(0x7777), NOHANDLE),
@@ -331,8 +330,8 @@ def malformed_cases(h: int, ses: int, mses: int) -> list[tuple[str, list[Buf], i
         ("close with session", [out(req(1, handle=h, session=ses)), into(16)], INVAL),
         ("unknown cmd", [out(req(IOCTL, handle=h, cmd=99)), into(16)], NOTSUPP),
         ("cmd 0", [out(req(IOCTL, handle=h, cmd=0)), into(16)], NOTSUPP),
-        ("create unknown cipher", create_chain(h, 22, b"k" * 16), NOTSUPP),
-        ("create unknown mac", create_chain(h, 0, b"", 19, b"m"), NOTSUPP),
+        ("create unknown cipher", create_chain(h, 3, b"k" * 16), NOTSUPP),
+        ("create unknown mac", create_chain(h, 0, b"", 8, b"m"), NOTSUPP),
         ("create nothing", create_chain(h, 0, b""), INVAL),
         ("create keylen 15", create_chain(h, AES, b"k" * 15), INVAL),
         ("create keylen 64", create_chain(h, AES, b"k" * 64), INVAL),
@@ -375,7 +374,6 @@ def malformed_cases(h: int, ses: int, mses: int) -> list[tuple[str, list[Buf], i
         ("crypt op 0xffff", crypt_chain(h, ses, 0xFFFF, iv, blk), INVAL),
         ("crypt len not a block multiple", crypt_chain(h, ses, ENC, iv, b"\0" * 33), INVAL),
         ("crypt short iv", crypt_chain(h, ses, ENC, b"\0" * 8, blk), INVAL),
-        ("crypt no iv with a cipher", crypt_chain(h, ses, ENC, b"", blk), INVAL),
         (
             "crypt iv on a mac-only session",
             crypt_chain(h, mses, ENC, iv, blk, cipher=False, mac=True),
@@ -499,36 +497,82 @@ def test_malformed_rings_only_break_the_ring(dev: VirtioCryptodev) -> None:
 
 FIELDS = ("call", "handle", "cmd", "session", "cipher", "mac", "keylen", "mackeylen")
 FIELDS16 = ("op", "flags")
-FIELDS_TAIL = ("length", "ivlen", "reserved")
+FIELDS_TAIL = ("length", "ivlen", "session2")
+
+
+# Protocol knowledge for the fuzz: cipher -> (key sizes, IV size, block size), and
+# MAC -> (digest size, keyed).
+FUZZ_CIPHERS = {
+    C["VCD_CIPHER_AES_CBC"]: ((16, 24, 32), 16, 16),
+    C["VCD_CIPHER_AES_ECB"]: ((16, 24, 32), 0, 16),
+    C["VCD_CIPHER_AES_CTR"]: ((16, 24, 32), 16, 1),
+    C["VCD_CIPHER_AES_XTS"]: ((32, 64), 16, 16),
+    C["VCD_CIPHER_3DES_CBC"]: ((24,), 8, 8),
+    C["VCD_CIPHER_AES_GCM"]: ((16, 24, 32), 12, 1),
+}
+FUZZ_MACS = {
+    C[f"VCD_MAC_{n}"]: (size, n.endswith("HMAC"))
+    for n, size in [
+        ("MD5", 16), ("SHA1", 20), ("SHA224", 28), ("SHA256", 32), ("SHA384", 48),
+        ("SHA512", 64), ("MD5_HMAC", 16), ("SHA1_HMAC", 20), ("SHA224_HMAC", 28),
+        ("SHA256_HMAC", 32), ("SHA384_HMAC", 48), ("SHA512_HMAC", 64),
+    ]
+}  # fmt: skip
+HASH_FLAGS = C["VCD_CF_HASH_RESET"] | C["VCD_CF_HASH_FINAL"]
 
 
 def valid_chain(
-    rng: random.Random, handles: list[int], sessions: list[tuple[int, int, int]]
+    rng: random.Random, handles: list[int], sessions: list[tuple[int, int, int, int]]
 ) -> list[Buf]:
-    """A well-formed request for the current handles and sessions (h, session, kind)."""
-    kind = rng.choice(["open", "close", "create", "crypt", "crypt", "crypt", "destroy", "info"])
+    """A well-formed request for the current handles and sessions (h, session, cipher,
+    mac): every call and command, every algorithm, chained and explicit IVs, IVs
+    written back, multi-part hash flags, hash copies."""
+    kind = rng.choice(
+        ["open", "close", "create", "create", "crypt", "crypt", "crypt", "destroy", "info",
+         "copy"]
+    )  # fmt: skip
     if kind == "open" or not handles:
         return open_chain()
     h = rng.choice(handles)
-    mine = [(s, k) for hh, s, k in sessions if hh == h]
+    mine = [(s, c, m) for hh, s, c, m in sessions if hh == h]
     if kind == "close":
         return close_chain(h)
     if kind == "create" or not mine:
-        cipher = rng.choice([0, AES, AES])
-        mac = HMAC if cipher == 0 else rng.choice([0, HMAC])
-        key = rng.randbytes(rng.choice([16, 24, 32])) if cipher else b""
-        mackey = rng.randbytes(rng.choice([0, 16, 64, 512])) if mac else b""
+        cipher = rng.choice([0, *FUZZ_CIPHERS])
+        mac = rng.choice([*FUZZ_MACS]) if cipher == 0 else rng.choice([0, 0, *FUZZ_MACS])
+        if cipher == C["VCD_CIPHER_AES_GCM"]:
+            mac = 0
+        key = rng.randbytes(rng.choice(FUZZ_CIPHERS[cipher][0])) if cipher else b""
+        keyed = mac and FUZZ_MACS[mac][1]
+        mackey = rng.randbytes(rng.choice([0, 16, 64, 512])) if keyed else b""
         return create_chain(h, cipher, key, mac, mackey)
-    ses, k = rng.choice(mine)
+    ses, cipher, mac = rng.choice(mine)
     if kind == "destroy":
         return destroy_chain(h, ses)
     if kind == "info":
         return info_chain(h, ses)
-    has_cipher, has_mac = bool(k & 1), bool(k & 2)
-    n = 16 * rng.choice([0, 1, 2, 64, 256, 4096, C["VCD_MAX_DATA_LEN"] // 16])
-    data = bytes(n)
-    iv = rng.randbytes(16) if has_cipher else b""
-    return crypt_chain(h, ses, rng.choice([ENC, DEC]), iv, data, cipher=has_cipher, mac=has_mac)
+    if kind == "copy":
+        return hash_copy_chain(h, ses, rng.choice(mine)[0])
+    if cipher == C["VCD_CIPHER_AES_GCM"]:
+        op = rng.choice([ENC, DEC])
+        tag = rng.choice([0, 4, 8, 12, 16])
+        n = rng.choice([0, 1, 16, 100, 4096, C["VCD_MAX_DATA_LEN"] - 16])
+        aad = rng.randbytes(rng.choice([0, 13, 4096]))
+        src = bytes(n + (tag or 16 if op == DEC else 0))
+        return authcrypt_chain(h, ses, op, rng.randbytes(12), aad, src, tag)
+    block = FUZZ_CIPHERS[cipher][2] if cipher else 1
+    ivlen = FUZZ_CIPHERS[cipher][1] if cipher else 0
+    n = block * rng.choice([0, 1, 2, 3, 64, 256, 4096, C["VCD_MAX_DATA_LEN"] // block])
+    iv = rng.randbytes(ivlen) if ivlen and rng.random() < 0.7 else b""
+    flags = rng.choice([0, 1, 2, 3, 3, 3]) if mac else 0
+    if ivlen and rng.random() < 0.3:
+        flags |= C["VCD_CF_IV_OUT"]
+    return crypt_chain(
+        h, ses, rng.choice([ENC, DEC]), iv, bytes(n), cipher=bool(cipher),
+        mac=bool(flags & C["VCD_CF_HASH_FINAL"]), flags=flags,
+        ivout=ivlen if flags & C["VCD_CF_IV_OUT"] else 0,
+        maclen=FUZZ_MACS[mac][0] if mac else None,
+    )  # fmt: skip
 
 
 def mutate(rng: random.Random, chain: list[Buf]) -> list[Buf]:
@@ -582,7 +626,10 @@ def mutate(rng: random.Random, chain: list[Buf]) -> list[Buf]:
 
 
 def track(
-    chain: list[Buf], done: Done, handles: list[int], sessions: list[tuple[int, int, int]]
+    chain: list[Buf],
+    done: Done,
+    handles: list[int],
+    sessions: list[tuple[int, int, int, int]],
 ) -> None:
     """Follow the device's state from the answers, to keep aiming at live objects."""
     if done.status != OK or not chain[0].data or len(chain[0].data) < 48:
@@ -595,7 +642,7 @@ def track(
             handles.remove(h)
         sessions[:] = [t for t in sessions if t[0] != h]
     elif cmd == 1:
-        sessions.append((h, done.resp[2], (1 if cipher else 0) | (2 if mac else 0)))
+        sessions.append((h, done.resp[2], cipher, mac))
     elif cmd == 2:
         sessions[:] = [t for t in sessions if t[:2] != (h, ses)]
 
@@ -612,7 +659,7 @@ def run_fuzz(qemu: Path, count: int, env: dict[str, str] | None = None) -> tuple
     dev = VirtioCryptodev(qt)
     statuses: Counter[int] = Counter()
     handles: list[int] = []
-    sessions: list[tuple[int, int, int]] = []
+    sessions: list[tuple[int, int, int, int]] = []
     sent = resets = 0
     try:
         while sent < count:

@@ -111,6 +111,9 @@ def test_user_abi_header_matches_cryptodev_linux(tmp_path: Path) -> None:
         '  printf("%lx %lx %lx %lx %lx\\n", (unsigned long)CRIOGET, '
         "(unsigned long)CIOCGSESSION, (unsigned long)CIOCFSESSION, "
         "(unsigned long)CIOCCRYPT, (unsigned long)CIOCGSESSINFO);\n"
+        '  printf("%lx %lx %lx %zu\\n", (unsigned long)CIOCAUTHCRYPT, '
+        "(unsigned long)CIOCCPHASH, (unsigned long)CIOCASYMFEAT, "
+        "sizeof(struct crypt_auth_op));\n"
         '  printf("%zu %zu %zu\\n", sizeof(struct vcd_req), sizeof(struct vcd_resp), '
         "sizeof(struct vcd_session_info));\n"
         "  return 0;\n}\n"
@@ -122,7 +125,8 @@ def test_user_abi_header_matches_cryptodev_linux(tmp_path: Path) -> None:
     )
     assert lines[0] == "48 48 268 40 40"
     assert lines[1] == "c0046365 c0306366 40046367 c0306368 c10c636b"
-    assert lines[2] == "48 16 264"
+    assert lines[2] == "c048636d 40086370 8004636a 72"
+    assert lines[3] == "48 16 264"
 
 
 def checkpatch() -> Path | None:

@@ -35,6 +35,8 @@ BAD_PTR = 16  # an address no process maps
 CIOC_UNKNOWN = (3 << 30) | (4 << 16) | (ord("c") << 8) | 200
 COP_FLAG_WRITE_IV = 1 << 2
 COP_FLAG_UPDATE = 1 << 0
+COP_FLAG_AEAD_TLS_TYPE = 1 << 4
+SESSIONS_PER_FD = 4096  # at least this many sessions on one open file
 
 
 # ---- guest side ---------------------------------------------------------------------
@@ -179,7 +181,7 @@ def guest_bad() -> dict[str, Any]:
     r["crypt_op_2"] = _errno(fd, abi.CIOCCRYPT, d.cop(ses, 2, data, iv)[0])
     r["crypt_unknown_session"] = _errno(fd, abi.CIOCCRYPT, d.cop(ses + 12345, 0, data, iv)[0])
     r["crypt_unsupported_flag"] = _errno(
-        fd, abi.CIOCCRYPT, d.cop(ses, 0, data, iv, flags=COP_FLAG_UPDATE)[0]
+        fd, abi.CIOCCRYPT, d.cop(ses, 0, data, iv, flags=COP_FLAG_AEAD_TLS_TYPE)[0]
     )
     r["crypt_bad_src"] = _errno(fd, abi.CIOCCRYPT, d.cop(ses, 0, data, iv, src=BAD_PTR)[0])
     r["crypt_bad_dst"] = _errno(fd, abi.CIOCCRYPT, d.cop(ses, 0, data, iv, dst=BAD_PTR)[0])
@@ -221,7 +223,7 @@ def guest_bad() -> dict[str, Any]:
 
 
 def guest_features() -> dict[str, Any]:
-    """HMAC, zero IV, WRITE_IV chaining, CRIOGET, session limit."""
+    """HMAC, chained IV, WRITE_IV chaining, CRIOGET, sessions per file."""
     import hashlib
     import hmac
 
@@ -233,8 +235,11 @@ def guest_features() -> dict[str, Any]:
     _, mac = d.crypt(ses, abi.COP_ENCRYPT, data, None)
     r["hmac"] = mac == hmac.new(mackey, data, hashlib.sha256).digest()
     ses = d.session(key=key)
+    # No IV: the session's chained IV, all-zero before its first operation.
     out, _ = d.crypt(ses, abi.COP_ENCRYPT, data, None)
-    r["zero_iv"] = out == _aes_cbc(key, bytes(16), data, True)
+    r["fresh_iv_zero"] = out == _aes_cbc(key, bytes(16), data, True)
+    more, _ = d.crypt(ses, abi.COP_ENCRYPT, data, None)
+    r["null_iv_chains"] = out + more == _aes_cbc(key, bytes(16), data + data, True)
     ivb = ctypes.create_string_buffer(iv, 16)  # outlives both calls: the IV chains
     ivbuf = ctypes.addressof(ivb)
     first, _ = d.crypt(ses, abi.COP_ENCRYPT, data[:1024], None, COP_FLAG_WRITE_IV, ivbuf=ivbuf)
@@ -252,15 +257,15 @@ def guest_features() -> dict[str, Any]:
     out, _ = d2.crypt(ses, abi.COP_ENCRYPT, data, iv)  # same file, same sessions
     r["crioget_same_file"] = out == _aes_cbc(key, iv, data, True)
     os.close(clone)
-    count, err = 0, 0
-    for _ in range(100):
+    count, err = 2, 0  # plus the two live ones
+    while count < SESSIONS_PER_FD:
         try:
             d.session(key=key)
             count += 1
         except OSError as exc:
             err = exc.errno or -1
             break
-    r["session_limit"] = [count + 2, err]  # plus the two live ones
+    r["sessions"] = [count, err]
     d.close()
     # Sessions die with the file: a new file starts from nothing.
     d = Dev()
@@ -474,9 +479,10 @@ def test_bad_ioctls_get_errors_and_the_vm_stays_up(guest: Any) -> None:
 
 def test_features(guest: Any) -> None:
     r = run_check(guest, "features")
-    assert r["hmac"] and r["zero_iv"] and r["write_iv_chains"] and r["max_len"]
+    assert r["hmac"] and r["fresh_iv_zero"] and r["null_iv_chains"]
+    assert r["write_iv_chains"] and r["max_len"]
     assert r["crioget_fd_is_new"] and r["crioget_same_file"]
-    assert r["session_limit"] == [64, errno.EMFILE]
+    assert r["sessions"] == [SESSIONS_PER_FD, 0]
     assert r["fresh_file_session"]
 
 
@@ -528,6 +534,103 @@ def test_32bit_process_through_compat_ioctl(guest: Any) -> None:
     # AES-128-CBC, zero key, zero IV, one zero block (FIPS-197 known answer).
     assert res.stdout.split() == ["66e94bd4ef8a2c3b884cfa59ca342b2e", "efault", "einval"], res
     assert res.status == 0, res
+
+
+# ---- the cryptodev-linux client (kernel/tests/vectors.c) --------------------------
+
+
+def _pattern(n: int, seed: int) -> bytes:
+    return bytes((i * 7 + seed) & 0xFF for i in range(n))
+
+
+def _cipher(name: str, key: bytes, iv: bytes, data: bytes) -> bytes:
+    from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    mode = name.rsplit("-", 1)[1]
+    algo = TripleDES(key) if name.startswith("des3") else algorithms.AES(key)
+    m = {"cbc": modes.CBC, "ctr": modes.CTR, "xts": modes.XTS}.get(mode)
+    enc = Cipher(algo, m(iv) if m else modes.ECB()).encryptor()
+    return enc.update(data) + enc.finalize()
+
+
+def expected_vector_lines() -> list[str]:
+    """What kernel/tests/vectors.c must print, computed here with pyca/cryptography."""
+    import hashlib
+    import hmac
+
+    big = 65536
+    ciphers = [
+        ("aes-128-cbc", 16, 16, 64), ("aes-192-cbc", 24, 16, 64), ("aes-256-cbc", 32, 16, big),
+        ("aes-128-ecb", 16, 0, 64), ("aes-256-ecb", 32, 0, big), ("aes-128-ctr", 16, 16, 61),
+        ("aes-256-ctr", 32, 16, big), ("aes-128-xts", 32, 16, 64), ("aes-256-xts", 64, 16, big),
+        ("des3-cbc", 24, 8, 64),
+    ]  # fmt: skip
+    lines = []
+    for name, keylen, ivlen, n in ciphers:
+        key, iv, src = _pattern(keylen, 1), _pattern(16, 2)[:ivlen], _pattern(n, 3)
+        ct = _cipher(name, key, iv, src)
+        lines += [f"{name}-enc {ct.hex()}", f"{name}-roundtrip 1"]
+        if not ivlen or "xts" in name:
+            continue
+        half = n // 2 // 16 * 16
+        first = _cipher(name, key, iv, src[:half])
+        if "ctr" in name:
+            nxt = (int.from_bytes(iv, "big") + half // 16).to_bytes(16, "big")
+        else:
+            nxt = first[-ivlen:]
+        lines += [f"{name}-write-iv {nxt.hex()}", f"{name}-chained {ct.hex()}"]
+    key, src = _pattern(100, 4), _pattern(1000, 5)
+    for keyed in (False, True):
+        for hname in ("md5", "sha1", "sha224", "sha256", "sha384", "sha512"):
+
+            def dig(data: bytes, keyed: bool = keyed, hname: str = hname) -> str:
+                if keyed:
+                    return hmac.new(key, data, hname).hexdigest()
+                return hashlib.new(hname, data).hexdigest()
+
+            name = f"hmac-{hname}" if keyed else hname
+            lines += [
+                f"{name}-oneshot {dig(src)}",
+                f"{name}-multipart {dig(src)}",
+                f"{name}-copy-a {dig(src)}",
+                f"{name}-copy-b {dig(src[:510])}",
+            ]
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key, iv, aad, src = _pattern(32, 8), _pattern(12, 9), _pattern(40, 10), _pattern(300, 11)
+    sealed = AESGCM(key).encrypt(iv, src, aad)
+    short = AESGCM(key).encrypt(iv, src[:64], None)
+    lines += [
+        f"gcm-enc {sealed.hex()}", "gcm-enc-len 316 300", "gcm-dec 1 300",
+        "gcm-bad-tag Bad message", f"gcm-tag8 {short[:72].hex()}",
+        "gcm-tls Operation not supported",
+    ]  # fmt: skip
+    key, src = _pattern(32, 6), _pattern(256, 7)
+    ct = _cipher("aes-cbc", key[:16], key[:16], src)
+    tag = hmac.new(key, src, "sha1").hexdigest()
+    lines += [f"authenc-enc {ct.hex()}", f"authenc-enc-mac {tag}", f"authenc-dec-mac {tag}"]
+    lines += ["info cbc(aes) hmac(sha1)", f"crioget-enc {ct[:16].hex()}", "asymfeat 0"]
+    lines += ["camellia Operation not supported", "unknown Invalid argument"]
+    return lines
+
+
+def test_cryptodev_linux_client_vectors(guest: Any) -> None:
+    """A static C client using only cryptodev-linux's ABI: the host's answers, line by line."""
+    binary = Path(guest.shared_dir) / "vectors"
+    build = subprocess.run(
+        ["cc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(binary),
+         str(HERE.parents[2] / "kernel" / "tests" / "vectors.c")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    res = guest.run([str(binary)], timeout=120)
+    assert res.status == 0, res
+    got = res.stdout.strip().splitlines()
+    want = expected_vector_lines()
+    diff = [f"got  {g[:120]}\nwant {w[:120]}" for g, w in zip(got, want, strict=False) if g != w]
+    assert not diff and len(got) == len(want), "\n".join(diff[:10]) or (len(got), len(want))
+    assert_console_clean(guest)
 
 
 def test_unload_reload_and_fixed_major(guest: Any) -> None:

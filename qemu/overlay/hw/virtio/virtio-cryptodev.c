@@ -24,6 +24,11 @@
  * two workers off the same engine state.  Reset and unrealize wait for the
  * in-flight requests, which are bounded CPU work, then free everything.
  *
+ * The crypto itself is an engine's (virtio-cryptodev-engine.h): builtin
+ * (QEMU's crypto layer, virtio-cryptodev-builtin.c) or host (/dev/crypto
+ * pass-through, virtio-cryptodev-host.c).  Engines see host buffers of
+ * checked sizes only.
+ *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
@@ -38,43 +43,27 @@
 #include "block/aio.h"
 #include "block/aio-wait.h"
 #include "block/thread-pool.h"
-#include "crypto/cipher.h"
-#include "crypto/hmac.h"
 #include "hw/qdev-properties.h"
 #include "hw/virtio/virtio.h"
 #include "hw/virtio/virtio-cryptodev.h"
 #include "migration/vmstate.h"
 #include "standard-headers/linux/virtio_config.h"
 #include "trace.h"
-#include <sys/ioctl.h>
+#include "virtio-cryptodev-engine.h"
 
 QEMU_BUILD_BUG_ON(sizeof(struct vcd_req) != 48);
 QEMU_BUILD_BUG_ON(sizeof(struct vcd_resp) != 16);
 QEMU_BUILD_BUG_ON(sizeof(struct vcd_session_info) != 264);
+QEMU_BUILD_BUG_ON(sizeof(struct vcd_config) != 32);
+QEMU_BUILD_BUG_ON(sizeof(struct vcd_aead) != 16);
 
 #define VCD_HANDLE_SLOT_BITS 16
 #define VCD_HANDLE_SLOT_MASK ((1u << VCD_HANDLE_SLOT_BITS) - 1)
 
-typedef struct VcdSession {
-    uint32_t id;
-    uint32_t cipher;
-    uint32_t mac;
-    /* Main loop only: the table's reference plus one per in-flight request. */
-    unsigned refs;
-    /* Serializes the engine state (the cipher's IV) between workers. */
-    QemuMutex lock;
-    /* builtin engine */
-    QCryptoCipher *qcipher;
-    QCryptoHmac *qhmac;
-    /* host engine: one /dev/crypto fd per session, never shown to the guest */
-    int host_fd;
-    uint32_t host_ses;
-} VcdSession;
-
 struct VcdHandle {
     uint32_t id;
-    unsigned nsessions;
-    VcdSession *sessions[VCD_MAX_SESSIONS];
+    /* session id -> VcdSession *, holding the table's reference */
+    GHashTable *sessions;
 };
 
 /* One popped element; VirtQueueElement must stay first for virtqueue_pop(). */
@@ -86,250 +75,85 @@ typedef struct VcdRequest {
     struct vcd_req req;     /* host-endian copy */
     size_t in_size;
     uint8_t iv[VCD_IV_LEN];
+    uint8_t iv_out[VCD_IV_LEN];
     uint8_t *src;
     uint8_t *dst;
-    uint8_t mac[VCD_HMAC_SHA256_LEN];
+    uint8_t mac[VCD_MAX_DIGEST_LEN];
+    uint8_t *aad;           /* AUTHCRYPT */
+    uint32_t aad_len;
+    uint32_t tag_len;
+    uint32_t dst_len;       /* AUTHCRYPT: bytes written to dst */
+    uint32_t ivlen_out;     /* bytes of IV to write back, 0 for none */
+    uint32_t maclen;        /* bytes of digest to write back, 0 for none */
+    bool hash_reset;
     uint32_t status;
 } VcdRequest;
 
-struct VcdEngine {
-    const char *name;
-    uint32_t (*session_init)(VcdSession *ses, const uint8_t *key,
-                             uint32_t keylen, const uint8_t *mackey,
-                             uint32_t mackeylen);
-    void (*session_fini)(VcdSession *ses);
-    /* Runs in a worker thread with ses->lock held. */
-    uint32_t (*crypt)(VcdSession *ses, VcdRequest *r);
-    void (*session_info)(VcdSession *ses, struct vcd_session_info *info);
+/* ------------------------------------------------------------------ */
+/* algorithms                                                          */
+
+/* Sizes as cryptodev-linux (the Linux crypto API) has them. */
+static const VcdAlgInfo vcd_algs[] = {
+    { VCD_CIPHER_AES_CBC, "cbc(aes)", true, { 16, 24, 32 }, 16, 16 },
+    { VCD_CIPHER_AES_ECB, "ecb(aes)", true, { 16, 24, 32 }, 0, 16 },
+    { VCD_CIPHER_AES_CTR, "ctr(aes)", true, { 16, 24, 32 }, 16, 1 },
+    { VCD_CIPHER_AES_XTS, "xts(aes)", true, { 32, 64 }, 16, 16 },
+    { VCD_CIPHER_3DES_CBC, "cbc(des3_ede)", true, { 24 }, 8, 8 },
+    { VCD_CIPHER_AES_GCM, "gcm(aes)", true, { 16, 24, 32 }, VCD_GCM_IV_LEN, 1,
+      .aead = true },
+    { VCD_MAC_MD5, "md5", .digestlen = 16 },
+    { VCD_MAC_SHA1, "sha1", .digestlen = 20 },
+    { VCD_MAC_SHA224, "sha224", .digestlen = 28 },
+    { VCD_MAC_SHA256, "sha256", .digestlen = 32 },
+    { VCD_MAC_SHA384, "sha384", .digestlen = 48 },
+    { VCD_MAC_SHA512, "sha512", .digestlen = 64 },
+    { VCD_MAC_MD5_HMAC, "hmac(md5)", .digestlen = 16, .keyed = true },
+    { VCD_MAC_SHA1_HMAC, "hmac(sha1)", .digestlen = 20, .keyed = true },
+    { VCD_MAC_SHA224_HMAC, "hmac(sha224)", .digestlen = 28, .keyed = true },
+    { VCD_MAC_SHA256_HMAC, "hmac(sha256)", .digestlen = 32, .keyed = true },
+    { VCD_MAC_SHA384_HMAC, "hmac(sha384)", .digestlen = 48, .keyed = true },
+    { VCD_MAC_SHA512_HMAC, "hmac(sha512)", .digestlen = 64, .keyed = true },
 };
 
-/* ------------------------------------------------------------------ */
-/* builtin engine: QEMU's crypto layer (GnuTLS here)                   */
-
-static uint32_t builtin_session_init(VcdSession *ses, const uint8_t *key,
-                                     uint32_t keylen, const uint8_t *mackey,
-                                     uint32_t mackeylen)
+const VcdAlgInfo *vcd_alg_info(uint32_t alg)
 {
-    QCryptoCipherAlgorithm alg;
+    unsigned i;
 
-    if (ses->cipher == VCD_CIPHER_AES_CBC) {
-        alg = keylen == 16 ? QCRYPTO_CIPHER_ALG_AES_128 :
-              keylen == 24 ? QCRYPTO_CIPHER_ALG_AES_192 :
-                             QCRYPTO_CIPHER_ALG_AES_256;
-        ses->qcipher = qcrypto_cipher_new(alg, QCRYPTO_CIPHER_MODE_CBC,
-                                          key, keylen, NULL);
-        if (!ses->qcipher) {
-            return VCD_S_ENGINE;
+    for (i = 0; i < ARRAY_SIZE(vcd_algs); i++) {
+        if (vcd_algs[i].alg == alg) {
+            return &vcd_algs[i];
         }
     }
-    if (ses->mac == VCD_MAC_SHA256_HMAC) {
-        /* An empty HMAC key is valid; hand the library a non-NULL pointer. */
-        static const uint8_t empty[1];
-        ses->qhmac = qcrypto_hmac_new(QCRYPTO_HASH_ALG_SHA256,
-                                      mackeylen ? mackey : empty, mackeylen,
-                                      NULL);
-        if (!ses->qhmac) {
-            return VCD_S_ENGINE;
-        }
-    }
-    return VCD_S_OK;
+    return NULL;
 }
 
-static void builtin_session_fini(VcdSession *ses)
+static bool vcd_has(VirtIOCryptodev *vcd, unsigned feature)
 {
-    qcrypto_cipher_free(ses->qcipher);
-    ses->qcipher = NULL;
-    qcrypto_hmac_free(ses->qhmac);
-    ses->qhmac = NULL;
+    return virtio_vdev_has_feature(VIRTIO_DEVICE(vcd), feature);
 }
-
-static uint32_t builtin_hmac(VcdSession *ses, const uint8_t *data, size_t len,
-                             uint8_t *out)
-{
-    uint8_t *result = out;
-    size_t resultlen = VCD_HMAC_SHA256_LEN;
-    static const uint8_t empty[1];
-
-    if (qcrypto_hmac_bytes(ses->qhmac, len ? (const char *)data :
-                           (const char *)empty, len, &result, &resultlen,
-                           NULL) < 0 || resultlen != VCD_HMAC_SHA256_LEN) {
-        return VCD_S_ENGINE;
-    }
-    return VCD_S_OK;
-}
-
-static uint32_t builtin_crypt(VcdSession *ses, VcdRequest *r)
-{
-    uint32_t len = r->req.len;
-    bool enc = r->req.op == VCD_OP_ENCRYPT;
-
-    if (ses->qhmac && (enc || !ses->qcipher) &&
-        builtin_hmac(ses, r->src, len, r->mac) != VCD_S_OK) {
-        return VCD_S_ENGINE;
-    }
-    if (ses->qcipher && len) {
-        if (qcrypto_cipher_setiv(ses->qcipher, r->iv, VCD_IV_LEN, NULL) < 0) {
-            return VCD_S_ENGINE;
-        }
-        if ((enc ? qcrypto_cipher_encrypt : qcrypto_cipher_decrypt)
-            (ses->qcipher, r->src, r->dst, len, NULL) < 0) {
-            return VCD_S_ENGINE;
-        }
-    }
-    if (ses->qhmac && ses->qcipher && !enc &&
-        builtin_hmac(ses, r->dst, len, r->mac) != VCD_S_OK) {
-        return VCD_S_ENGINE;
-    }
-    return VCD_S_OK;
-}
-
-static void builtin_session_info(VcdSession *ses,
-                                 struct vcd_session_info *info)
-{
-    if (ses->cipher) {
-        pstrcpy(info->cipher_name, VCD_NAME_LEN, "cbc(aes)");
-        pstrcpy(info->cipher_driver, VCD_NAME_LEN, "qcrypto-builtin");
-    }
-    if (ses->mac) {
-        pstrcpy(info->mac_name, VCD_NAME_LEN, "hmac(sha256)");
-        pstrcpy(info->mac_driver, VCD_NAME_LEN, "qcrypto-builtin");
-    }
-}
-
-static const VcdEngine vcd_engine_builtin = {
-    .name = "builtin",
-    .session_init = builtin_session_init,
-    .session_fini = builtin_session_fini,
-    .crypt = builtin_crypt,
-    .session_info = builtin_session_info,
-};
-
-/* ------------------------------------------------------------------ */
-/* host engine: the host's cryptodev-linux /dev/crypto                 */
 
 /*
- * cryptodev-linux's ABI, declared here because its header is rarely
- * installed.  These are the host's native structs: guest layouts never reach
- * them, the request was decoded from the fixed wire format first.
+ * The algorithm the guest may use: one the engine has, and, unless the
+ * guest negotiated VCD_F_ALGS, one of the first protocol version's.
  */
-struct vcd_host_session_op {
-    uint32_t cipher;
-    uint32_t mac;
-    uint32_t keylen;
-    const uint8_t *key;
-    uint32_t mackeylen;
-    const uint8_t *mackey;
-    uint32_t ses;
-};
-
-struct vcd_host_crypt_op {
-    uint32_t ses;
-    uint16_t op;
-    uint16_t flags;
-    uint32_t len;
-    uint8_t *src;
-    uint8_t *dst;
-    uint8_t *mac;
-    uint8_t *iv;
-};
-
-struct vcd_host_alg_info {
-    char cra_name[64];
-    char cra_driver_name[64];
-};
-
-struct vcd_host_session_info_op {
-    uint32_t ses;
-    struct vcd_host_alg_info cipher_info;
-    struct vcd_host_alg_info hash_info;
-    uint16_t alignmask;
-    uint32_t flags;
-};
-
-#define VCD_HOST_CIOCGSESSION  _IOWR('c', 102, struct vcd_host_session_op)
-#define VCD_HOST_CIOCFSESSION  _IOW('c', 103, uint32_t)
-#define VCD_HOST_CIOCCRYPT     _IOWR('c', 104, struct vcd_host_crypt_op)
-#define VCD_HOST_CIOCGSESSINFO _IOWR('c', 107, struct vcd_host_session_info_op)
-
-static uint32_t host_session_init(VcdSession *ses, const uint8_t *key,
-                                  uint32_t keylen, const uint8_t *mackey,
-                                  uint32_t mackeylen)
+static const VcdAlgInfo *vcd_usable_alg(VirtIOCryptodev *vcd, uint32_t alg,
+                                        bool cipher)
 {
-    struct vcd_host_session_op sop = {
-        .cipher = ses->cipher,
-        .mac = ses->mac,
-        .keylen = keylen,
-        .key = key,
-        .mackeylen = mackeylen,
-        .mackey = mackey,
-    };
-    int fd = qemu_open_old("/dev/crypto", O_RDWR | O_CLOEXEC);
+    const VcdAlgInfo *info = vcd_alg_info(alg);
 
-    if (fd < 0) {
-        return errno == EMFILE || errno == ENFILE ? VCD_S_LIMIT : VCD_S_ENGINE;
+    if (!info || info->is_cipher != cipher || alg >= VCD_ALG_BITS ||
+        !(vcd->algs[alg / 32] & (1u << (alg % 32)))) {
+        return NULL;
     }
-    if (ioctl(fd, VCD_HOST_CIOCGSESSION, &sop) < 0) {
-        uint32_t st = errno == EINVAL ? VCD_S_INVAL :
-                      errno == ENOMEM ? VCD_S_NOMEM : VCD_S_ENGINE;
-        qemu_close(fd);
-        return st;
+    if (!vcd_has(vcd, VCD_F_ALGS) && alg != VCD_CIPHER_AES_CBC &&
+        alg != VCD_MAC_SHA256_HMAC) {
+        return NULL;
     }
-    ses->host_fd = fd;
-    ses->host_ses = sop.ses;
-    return VCD_S_OK;
+    if (info->aead && !vcd_has(vcd, VCD_F_AEAD)) {
+        return NULL;
+    }
+    return info;
 }
-
-static void host_session_fini(VcdSession *ses)
-{
-    if (ses->host_fd >= 0) {
-        ioctl(ses->host_fd, VCD_HOST_CIOCFSESSION, &ses->host_ses);
-        qemu_close(ses->host_fd);
-        ses->host_fd = -1;
-    }
-}
-
-static uint32_t host_crypt(VcdSession *ses, VcdRequest *r)
-{
-    struct vcd_host_crypt_op cop = {
-        .ses = ses->host_ses,
-        .op = r->req.op,
-        .len = r->req.len,
-        .src = r->src,
-        .dst = ses->cipher ? r->dst : NULL,
-        .mac = ses->mac ? r->mac : NULL,
-        .iv = ses->cipher ? r->iv : NULL,
-    };
-
-    if (ioctl(ses->host_fd, VCD_HOST_CIOCCRYPT, &cop) < 0) {
-        return errno == EINVAL ? VCD_S_INVAL : VCD_S_ENGINE;
-    }
-    return VCD_S_OK;
-}
-
-static void host_session_info(VcdSession *ses, struct vcd_session_info *info)
-{
-    struct vcd_host_session_info_op sio = { .ses = ses->host_ses };
-
-    if (ioctl(ses->host_fd, VCD_HOST_CIOCGSESSINFO, &sio) < 0) {
-        builtin_session_info(ses, info);
-        return;
-    }
-    pstrcpy(info->cipher_name, VCD_NAME_LEN, sio.cipher_info.cra_name);
-    pstrcpy(info->cipher_driver, VCD_NAME_LEN,
-            sio.cipher_info.cra_driver_name);
-    pstrcpy(info->mac_name, VCD_NAME_LEN, sio.hash_info.cra_name);
-    pstrcpy(info->mac_driver, VCD_NAME_LEN, sio.hash_info.cra_driver_name);
-    info->alignmask = cpu_to_le32(sio.alignmask);
-    info->flags = cpu_to_le32(sio.flags);
-}
-
-static const VcdEngine vcd_engine_host = {
-    .name = "host",
-    .session_init = host_session_init,
-    .session_fini = host_session_fini,
-    .crypt = host_crypt,
-    .session_info = host_session_info,
-};
 
 /* ------------------------------------------------------------------ */
 /* handles and sessions                                                */
@@ -353,33 +177,34 @@ static void vcd_session_unref(VirtIOCryptodev *vcd, VcdSession *ses)
     if (--ses->refs) {
         return;
     }
-    vcd->engine->session_fini(ses);
+    if (ses->priv) {
+        vcd->engine->session_fini(ses);
+        /* The budgets count live engine state, in flight or not. */
+        vcd->nsessions--;
+        if (ses->mac) {
+            vcd->nhash--;
+        }
+    }
     qemu_mutex_destroy(&ses->lock);
     g_free(ses);
 }
 
-static int vcd_session_index(VcdHandle *h, uint32_t id)
+static VcdSession *vcd_session_lookup(VcdHandle *h, uint32_t id)
 {
-    int i;
-
-    for (i = 0; i < VCD_MAX_SESSIONS; i++) {
-        if (h->sessions[i] && h->sessions[i]->id == id) {
-            return i;
-        }
-    }
-    return -1;
+    return g_hash_table_lookup(h->sessions, GUINT_TO_POINTER(id));
 }
 
 static void vcd_handle_free(VirtIOCryptodev *vcd, uint32_t slot)
 {
     VcdHandle *h = vcd->handles[slot];
-    int i;
+    GHashTableIter it;
+    gpointer ses;
 
-    for (i = 0; i < VCD_MAX_SESSIONS; i++) {
-        if (h->sessions[i]) {
-            vcd_session_unref(vcd, h->sessions[i]);
-        }
+    g_hash_table_iter_init(&it, h->sessions);
+    while (g_hash_table_iter_next(&it, NULL, &ses)) {
+        vcd_session_unref(vcd, ses);
     }
+    g_hash_table_destroy(h->sessions);
     g_free(h);
     vcd->handles[slot] = NULL;
     vcd->nhandles--;
@@ -425,7 +250,9 @@ static void vcd_free_request(VirtIOCryptodev *vcd, VcdRequest *r)
     }
     g_free(r->src);
     g_free(r->dst);
-    memset(r->iv, 0, sizeof(r->iv));
+    g_free(r->aad);
+    explicit_bzero(r->iv, sizeof(r->iv));
+    explicit_bzero(r->iv_out, sizeof(r->iv_out));
     g_free(r);
 }
 
@@ -433,9 +260,34 @@ static int vcd_crypt_worker(void *opaque)
 {
     VcdRequest *r = opaque;
     VcdSession *ses = r->ses;
+    VcdCryptOp op = {
+        .encrypt = r->req.op == VCD_OP_ENCRYPT,
+        .len = r->req.len,
+        .iv = r->req.ivlen ? r->iv : NULL,
+        .iv_out = r->ivlen_out ? r->iv_out : NULL,
+        .src = r->src,
+        .dst = ses->cipher ? r->dst : NULL,
+        .hash_reset = r->hash_reset,
+        .mac = r->maclen ? r->mac : NULL,
+    };
 
     qemu_mutex_lock(&ses->lock);
-    r->status = r->vcd->engine->crypt(ses, r);
+    if (r->req.cmd == VCD_CMD_AUTHCRYPT) {
+        VcdAeadOp aop = {
+            .encrypt = op.encrypt,
+            .iv = r->iv,
+            .aad = r->aad,
+            .aad_len = r->aad_len,
+            .src = r->src,
+            .len = r->req.len,
+            .dst = r->dst,
+            .tag_len = r->tag_len,
+        };
+
+        r->status = r->vcd->engine->aead(ses, &aop);
+    } else {
+        r->status = r->vcd->engine->crypt(ses, &op);
+    }
     qemu_mutex_unlock(&ses->lock);
     return 0;
 }
@@ -446,14 +298,20 @@ static void vcd_crypt_complete(VirtIOCryptodev *vcd, VcdRequest *r)
     struct vcd_resp resp = { .status = cpu_to_le32(r->status) };
     size_t off = 0;
 
-    if (r->status == VCD_S_OK) {
+    if (r->status == VCD_S_OK && r->req.cmd == VCD_CMD_AUTHCRYPT) {
+        iov_from_buf(r->elem.in_sg, r->elem.in_num, 0, r->dst, r->dst_len);
+    } else if (r->status == VCD_S_OK) {
         if (r->ses->cipher && r->req.len) {
             off += iov_from_buf(r->elem.in_sg, r->elem.in_num, 0,
                                 r->dst, r->req.len);
         }
-        if (r->ses->mac) {
+        if (r->ivlen_out) {
+            off += iov_from_buf(r->elem.in_sg, r->elem.in_num, off,
+                                r->iv_out, r->ivlen_out);
+        }
+        if (r->maclen) {
             iov_from_buf(r->elem.in_sg, r->elem.in_num, off,
-                         r->mac, sizeof(r->mac));
+                         r->mac, r->maclen);
         }
     }
     resp.session = cpu_to_le32(r->req.session);
@@ -483,6 +341,9 @@ static void vcd_notify_bh(void *opaque)
 static bool vcd_unused_zero(const struct vcd_req *q, bool session,
                             bool create, bool crypt)
 {
+    if (q->session2 && !(session && q->cmd == VCD_CMD_HASH_COPY)) {
+        return false;
+    }
     if (!session && q->session) {
         return false;
     }
@@ -513,6 +374,7 @@ static uint32_t vcd_open(VirtIOCryptodev *vcd, VcdRequest *r,
     if (!h) {
         return VCD_S_NOMEM;
     }
+    h->sessions = g_hash_table_new(NULL, NULL);
     /* A generation in the high bits makes a stale handle fail to match. */
     vcd->handle_gen[slot] = (vcd->handle_gen[slot] + 1) & 0x7fff;
     h->id = ((uint32_t)vcd->handle_gen[slot] << VCD_HANDLE_SLOT_BITS) |
@@ -527,28 +389,45 @@ static uint32_t vcd_session_create(VirtIOCryptodev *vcd, VcdHandle *h,
                                    VcdRequest *r, struct vcd_resp *resp)
 {
     const struct vcd_req *q = &r->req;
+    const VcdAlgInfo *calg = NULL, *malg = NULL;
     uint8_t key[VCD_MAX_KEY_LEN];
     uint8_t *mackey = NULL;
     VcdSession *ses;
     uint32_t st;
-    int i, slot = -1;
+    unsigned i;
 
-    if (q->cipher != VCD_CIPHER_NONE && q->cipher != VCD_CIPHER_AES_CBC) {
-        return VCD_S_NOTSUPP;
-    }
-    if (q->mac != VCD_MAC_NONE && q->mac != VCD_MAC_SHA256_HMAC) {
-        return VCD_S_NOTSUPP;
-    }
     if (q->cipher == VCD_CIPHER_NONE && q->mac == VCD_MAC_NONE) {
         return VCD_S_INVAL;
     }
-    if (q->cipher == VCD_CIPHER_AES_CBC ?
-        (q->keylen != 16 && q->keylen != 24 && q->keylen != 32) :
-        q->keylen != 0) {
+    if (q->cipher) {
+        calg = vcd_usable_alg(vcd, q->cipher, true);
+        if (!calg) {
+            return VCD_S_NOTSUPP;
+        }
+    }
+    if (q->mac) {
+        malg = vcd_usable_alg(vcd, q->mac, false);
+        if (!malg) {
+            return VCD_S_NOTSUPP;
+        }
+    }
+    if (calg && calg->aead && malg) {
+        return VCD_S_INVAL;     /* GCM authenticates by itself */
+    }
+    if (calg) {
+        for (i = 0; i < ARRAY_SIZE(calg->keylens); i++) {
+            if (calg->keylens[i] && q->keylen == calg->keylens[i]) {
+                break;
+            }
+        }
+        if (i == ARRAY_SIZE(calg->keylens)) {
+            return VCD_S_INVAL;
+        }
+    } else if (q->keylen) {
         return VCD_S_INVAL;
     }
-    if (q->mac == VCD_MAC_NONE ? q->mackeylen != 0 :
-        q->mackeylen > VCD_MAX_MAC_KEY_LEN) {
+    if (malg ? (malg->keyed ? q->mackeylen > VCD_MAX_MAC_KEY_LEN :
+                q->mackeylen != 0) : q->mackeylen != 0) {
         return VCD_S_INVAL;
     }
     if (iov_size(r->elem.out_sg, r->elem.out_num) !=
@@ -556,14 +435,10 @@ static uint32_t vcd_session_create(VirtIOCryptodev *vcd, VcdHandle *h,
         r->in_size != sizeof(*resp)) {
         return VCD_S_BADMSG;
     }
-    if (h->nsessions >= VCD_MAX_SESSIONS) {
+    /* Device-wide budgets: a guest cannot make the host hold more. */
+    if (vcd->nsessions >= vcd->max_sessions ||
+        (malg && vcd->nhash >= vcd->max_hash_states)) {
         return VCD_S_LIMIT;
-    }
-    for (i = 0; i < VCD_MAX_SESSIONS; i++) {
-        if (!h->sessions[i]) {
-            slot = i;
-            break;
-        }
     }
     ses = g_try_new0(VcdSession, 1);
     if (!ses) {
@@ -572,11 +447,10 @@ static uint32_t vcd_session_create(VirtIOCryptodev *vcd, VcdHandle *h,
     /* Unguessable, unique within the handle, never 0. */
     do {
         ses->id = g_random_int();
-    } while (!ses->id || vcd_session_index(h, ses->id) >= 0);
+    } while (!ses->id || vcd_session_lookup(h, ses->id));
     ses->cipher = q->cipher;
     ses->mac = q->mac;
     ses->refs = 1;
-    ses->host_fd = -1;
     qemu_mutex_init(&ses->lock);
 
     iov_to_buf(r->elem.out_sg, r->elem.out_num, sizeof(struct vcd_req),
@@ -594,12 +468,86 @@ static uint32_t vcd_session_create(VirtIOCryptodev *vcd, VcdHandle *h,
         g_free(mackey);
     }
     if (st != VCD_S_OK) {
+        ses->priv = NULL;
         vcd_session_unref(vcd, ses);
         return st;
     }
-    h->sessions[slot] = ses;
-    h->nsessions++;
+    vcd->nsessions++;
+    if (ses->mac) {
+        vcd->nhash++;
+    }
+    g_hash_table_insert(h->sessions, GUINT_TO_POINTER(ses->id), ses);
     resp->session = cpu_to_le32(ses->id);
+    return VCD_S_OK;
+}
+
+/* CIOCCPHASH: @dst's MAC state becomes a copy of @src's. */
+static uint32_t vcd_hash_copy(VirtIOCryptodev *vcd, VcdSession *dst,
+                              VcdSession *src)
+{
+    uint32_t st;
+
+    if (!vcd_has(vcd, VCD_F_MULTIPART)) {
+        return VCD_S_NOTSUPP;
+    }
+    if (!dst->mac || dst->mac != src->mac) {
+        return VCD_S_INVAL;
+    }
+    if (dst == src) {
+        return VCD_S_OK;
+    }
+    /* Workers hold at most one session lock each: no order to deadlock. */
+    qemu_mutex_lock(&src->lock);
+    qemu_mutex_lock(&dst->lock);
+    st = vcd->engine->hash_copy(dst, src);
+    qemu_mutex_unlock(&dst->lock);
+    qemu_mutex_unlock(&src->lock);
+    return st;
+}
+
+/*
+ * Check a CRYPT's flags and IV against its session and work out what it
+ * writes back: r->ivlen_out, r->maclen, r->hash_reset.
+ */
+static uint32_t vcd_crypt_sizes(VirtIOCryptodev *vcd, VcdSession *ses,
+                                VcdRequest *r)
+{
+    const struct vcd_req *q = &r->req;
+    const VcdAlgInfo *calg = ses->cipher ? vcd_alg_info(ses->cipher) : NULL;
+    const VcdAlgInfo *malg = ses->mac ? vcd_alg_info(ses->mac) : NULL;
+    uint16_t flags = q->flags;
+
+    if (calg && calg->aead) {
+        return VCD_S_INVAL;     /* AEAD sessions take AUTHCRYPT */
+    }
+    if (!vcd_has(vcd, VCD_F_ALGS)) {
+        /* The first protocol version: explicit IVs, one-shot MACs. */
+        if (flags || (calg && q->ivlen != calg->ivlen)) {
+            return VCD_S_INVAL;
+        }
+        flags = malg ? VCD_CF_HASH_RESET | VCD_CF_HASH_FINAL : 0;
+    }
+    if (flags & ~VCD_CF_ALL) {
+        return VCD_S_INVAL;
+    }
+    if ((flags & (VCD_CF_HASH_RESET | VCD_CF_HASH_FINAL)) && !malg) {
+        return VCD_S_INVAL;
+    }
+    if (malg && !vcd_has(vcd, VCD_F_MULTIPART) &&
+        (flags & (VCD_CF_HASH_RESET | VCD_CF_HASH_FINAL)) !=
+        (VCD_CF_HASH_RESET | VCD_CF_HASH_FINAL)) {
+        return VCD_S_NOTSUPP;
+    }
+    if ((flags & VCD_CF_IV_OUT) && !(calg && calg->ivlen)) {
+        return VCD_S_INVAL;
+    }
+    if (calg ? (q->ivlen && q->ivlen != calg->ivlen) || q->len % calg->blocklen
+             : q->ivlen != 0) {
+        return VCD_S_INVAL;
+    }
+    r->hash_reset = flags & VCD_CF_HASH_RESET;
+    r->maclen = flags & VCD_CF_HASH_FINAL ? malg->digestlen : 0;
+    r->ivlen_out = flags & VCD_CF_IV_OUT ? calg->ivlen : 0;
     return VCD_S_OK;
 }
 
@@ -608,6 +556,84 @@ typedef enum {
     VCD_CRYPT_ANSWERED, /* done inline and pushed */
     VCD_CRYPT_QUEUED,   /* a worker owns it and will answer */
 } VcdCryptFate;
+
+/* Run a prepared CRYPT or AUTHCRYPT inline or on a worker. */
+static VcdCryptFate vcd_crypt_run(VirtIOCryptodev *vcd, VcdSession *ses,
+                                  VcdRequest *r)
+{
+    ses->refs++;
+    r->ses = ses;
+    if (r->req.len <= vcd->inline_max) {
+        /*
+         * Short work is answered in this batch: handing it to a worker and back
+         * costs more than the crypto itself (tens of microseconds here).
+         */
+        vcd_crypt_worker(r);
+        vcd_crypt_complete(vcd, r);
+        return VCD_CRYPT_ANSWERED;
+    }
+    vcd->inflight++;
+    thread_pool_submit_aio(aio_get_thread_pool(qemu_get_aio_context()),
+                           vcd_crypt_worker, r, vcd_crypt_done, r);
+    return VCD_CRYPT_QUEUED;
+}
+
+/* AUTHCRYPT: check the AEAD header and sizes, copy the input, run it. */
+static VcdCryptFate vcd_authcrypt_submit(VirtIOCryptodev *vcd, VcdSession *ses,
+                                         VcdRequest *r, uint32_t *st)
+{
+    const struct vcd_req *q = &r->req;
+    const VcdAlgInfo *calg = ses->cipher ? vcd_alg_info(ses->cipher) : NULL;
+    struct vcd_aead wire;
+    uint64_t want_out;
+    size_t off = sizeof(struct vcd_req);
+
+    *st = VCD_S_INVAL;
+    if (q->op != VCD_OP_ENCRYPT && q->op != VCD_OP_DECRYPT) {
+        return VCD_CRYPT_REFUSED;
+    }
+    if (!calg || !calg->aead || q->flags || q->len > VCD_MAX_DATA_LEN ||
+        q->ivlen != VCD_GCM_IV_LEN) {
+        return VCD_CRYPT_REFUSED;
+    }
+    if (iov_to_buf(r->elem.out_sg, r->elem.out_num, off, &wire,
+                   sizeof(wire)) != sizeof(wire)) {
+        *st = VCD_S_BADMSG;
+        return VCD_CRYPT_REFUSED;
+    }
+    r->aad_len = le32_to_cpu(wire.auth_len);
+    r->tag_len = le32_to_cpu(wire.tag_len) ?: VCD_GCM_TAG_LEN;
+    if (wire.reserved[0] || wire.reserved[1] || r->aad_len > VCD_MAX_AAD_LEN ||
+        r->tag_len > VCD_GCM_TAG_LEN || (r->tag_len < 12 && r->tag_len != 4 &&
+                                         r->tag_len != 8)) {
+        return VCD_CRYPT_REFUSED;
+    }
+    if (q->op == VCD_OP_DECRYPT && q->len < r->tag_len) {
+        return VCD_CRYPT_REFUSED;
+    }
+    r->dst_len = q->op == VCD_OP_ENCRYPT ? q->len + r->tag_len
+                                         : q->len - r->tag_len;
+    want_out = off + sizeof(wire) + (uint64_t)q->ivlen + r->aad_len + q->len;
+    if (iov_size(r->elem.out_sg, r->elem.out_num) != want_out ||
+        r->in_size != sizeof(struct vcd_resp) + (uint64_t)r->dst_len) {
+        *st = VCD_S_BADMSG;
+        return VCD_CRYPT_REFUSED;
+    }
+    r->src = g_try_malloc(q->len ? q->len : 1);
+    r->dst = g_try_malloc(r->dst_len ? r->dst_len : 1);
+    r->aad = g_try_malloc(r->aad_len ? r->aad_len : 1);
+    if (!r->src || !r->dst || !r->aad) {
+        *st = VCD_S_NOMEM;
+        return VCD_CRYPT_REFUSED;
+    }
+    off += sizeof(wire);
+    off += iov_to_buf(r->elem.out_sg, r->elem.out_num, off, r->iv, q->ivlen);
+    off += iov_to_buf(r->elem.out_sg, r->elem.out_num, off, r->aad,
+                      r->aad_len);
+    iov_to_buf(r->elem.out_sg, r->elem.out_num, off, r->src, q->len);
+    *st = VCD_S_OK;
+    return vcd_crypt_run(vcd, ses, r);
+}
 
 static VcdCryptFate vcd_crypt_submit(VirtIOCryptodev *vcd, VcdSession *ses,
                                      VcdRequest *r, uint32_t *st)
@@ -619,21 +645,17 @@ static VcdCryptFate vcd_crypt_submit(VirtIOCryptodev *vcd, VcdSession *ses,
         *st = VCD_S_INVAL;
         return VCD_CRYPT_REFUSED;
     }
-    if (q->flags || q->len > VCD_MAX_DATA_LEN) {
+    if (q->len > VCD_MAX_DATA_LEN) {
         *st = VCD_S_INVAL;
         return VCD_CRYPT_REFUSED;
     }
-    if (ses->cipher && (q->len % VCD_BLOCK_LEN || q->ivlen != VCD_IV_LEN)) {
-        *st = VCD_S_INVAL;
-        return VCD_CRYPT_REFUSED;
-    }
-    if (!ses->cipher && q->ivlen) {
-        *st = VCD_S_INVAL;
+    *st = vcd_crypt_sizes(vcd, ses, r);
+    if (*st != VCD_S_OK) {
         return VCD_CRYPT_REFUSED;
     }
     want_out = sizeof(struct vcd_req) + (uint64_t)q->ivlen + q->len;
     want_in = sizeof(struct vcd_resp) + (ses->cipher ? (uint64_t)q->len : 0) +
-              (ses->mac ? VCD_HMAC_SHA256_LEN : 0);
+              r->ivlen_out + r->maclen;
     if (iov_size(r->elem.out_sg, r->elem.out_num) != want_out ||
         r->in_size != want_in) {
         *st = VCD_S_BADMSG;
@@ -651,21 +673,7 @@ static VcdCryptFate vcd_crypt_submit(VirtIOCryptodev *vcd, VcdSession *ses,
                r->iv, q->ivlen);
     iov_to_buf(r->elem.out_sg, r->elem.out_num,
                sizeof(struct vcd_req) + q->ivlen, r->src, q->len);
-    ses->refs++;
-    r->ses = ses;
-    if (q->len <= vcd->inline_max) {
-        /*
-         * Short work is answered in this batch: handing it to a worker and back
-         * costs more than the crypto itself (tens of microseconds at most here).
-         */
-        vcd_crypt_worker(r);
-        vcd_crypt_complete(vcd, r);
-        return VCD_CRYPT_ANSWERED;
-    }
-    vcd->inflight++;
-    thread_pool_submit_aio(aio_get_thread_pool(qemu_get_aio_context()),
-                           vcd_crypt_worker, r, vcd_crypt_done, r);
-    return VCD_CRYPT_QUEUED;
+    return vcd_crypt_run(vcd, ses, r);
 }
 
 /*
@@ -680,7 +688,8 @@ static bool vcd_handle_request(VirtIOCryptodev *vcd, VcdRequest *r)
     uint64_t out_size = iov_size(r->elem.out_sg, r->elem.out_num);
     uint32_t st = VCD_S_OK;
     VcdHandle *h = NULL;
-    int idx;
+    VcdSession *ses;
+    VcdCryptFate fate;
 
     r->in_size = iov_size(r->elem.in_sg, r->elem.in_num);
     r->seq = vcd->seq++;
@@ -706,17 +715,13 @@ static bool vcd_handle_request(VirtIOCryptodev *vcd, VcdRequest *r)
     q->flags = le16_to_cpu(wire.flags);
     q->len = le32_to_cpu(wire.len);
     q->ivlen = le32_to_cpu(wire.ivlen);
-    q->reserved = le32_to_cpu(wire.reserved);
+    q->session2 = le32_to_cpu(wire.session2);
     trace_virtio_cryptodev_request(vcd, r->seq, q->type, q->cmd, q->handle,
                                    q->session, q->op, q->len, out_size,
                                    r->in_size);
 
     if (r->in_size < sizeof(resp)) {
         st = VCD_S_BADMSG;
-        goto out;
-    }
-    if (q->reserved) {
-        st = VCD_S_INVAL;
         goto out;
     }
     switch (q->type) {
@@ -761,13 +766,16 @@ static bool vcd_handle_request(VirtIOCryptodev *vcd, VcdRequest *r)
     case VCD_CMD_SESSION_DESTROY:
     case VCD_CMD_SESSION_INFO:
     case VCD_CMD_CRYPT:
+    case VCD_CMD_HASH_COPY:
+    case VCD_CMD_AUTHCRYPT:
         break;
     default:
         st = VCD_S_NOTSUPP;
         goto out;
     }
 
-    if (!vcd_unused_zero(q, true, false, q->cmd == VCD_CMD_CRYPT)) {
+    if (!vcd_unused_zero(q, true, false, q->cmd == VCD_CMD_CRYPT ||
+                         q->cmd == VCD_CMD_AUTHCRYPT)) {
         st = VCD_S_INVAL;
         goto out;
     }
@@ -776,8 +784,8 @@ static bool vcd_handle_request(VirtIOCryptodev *vcd, VcdRequest *r)
         st = VCD_S_NOHANDLE;
         goto out;
     }
-    idx = vcd_session_index(h, q->session);
-    if (idx < 0) {
+    ses = vcd_session_lookup(h, q->session);
+    if (!ses) {
         st = VCD_S_NOSESSION;
         goto out;
     }
@@ -788,9 +796,18 @@ static bool vcd_handle_request(VirtIOCryptodev *vcd, VcdRequest *r)
             st = VCD_S_BADMSG;
             break;
         }
-        vcd_session_unref(vcd, h->sessions[idx]);
-        h->sessions[idx] = NULL;
-        h->nsessions--;
+        g_hash_table_remove(h->sessions, GUINT_TO_POINTER(ses->id));
+        vcd_session_unref(vcd, ses);
+        break;
+    case VCD_CMD_HASH_COPY:
+        if (out_size != sizeof(wire) || r->in_size != sizeof(resp)) {
+            st = VCD_S_BADMSG;
+        } else if (!vcd_session_lookup(h, q->session2)) {
+            st = VCD_S_NOSESSION;
+        } else {
+            st = vcd_hash_copy(vcd, ses,
+                               vcd_session_lookup(h, q->session2));
+        }
         break;
     case VCD_CMD_SESSION_INFO: {
         struct vcd_session_info info = { 0 };
@@ -800,12 +817,15 @@ static bool vcd_handle_request(VirtIOCryptodev *vcd, VcdRequest *r)
             st = VCD_S_BADMSG;
             break;
         }
-        vcd->engine->session_info(h->sessions[idx], &info);
+        vcd->engine->session_info(ses, &info);
         iov_from_buf(r->elem.in_sg, r->elem.in_num, 0, &info, sizeof(info));
         break;
     }
     case VCD_CMD_CRYPT:
-        switch (vcd_crypt_submit(vcd, h->sessions[idx], r, &st)) {
+    case VCD_CMD_AUTHCRYPT:
+        fate = q->cmd == VCD_CMD_CRYPT ? vcd_crypt_submit(vcd, ses, r, &st)
+                                       : vcd_authcrypt_submit(vcd, ses, r, &st);
+        switch (fate) {
         case VCD_CRYPT_QUEUED:
             return false;
         case VCD_CRYPT_ANSWERED:
@@ -855,7 +875,31 @@ static void vcd_drain(VirtIOCryptodev *vcd)
 
 static uint64_t vcd_get_features(VirtIODevice *vdev, uint64_t f, Error **errp)
 {
-    return f;
+    VirtIOCryptodev *vcd = VIRTIO_CRYPTODEV(vdev);
+
+    /*
+     * VIRTIO_F_RING_RESET is not offered: a per-queue reset would have to
+     * wait for that queue's workers, and the one queue's reset is the
+     * device's reset, which does.
+     */
+    virtio_clear_feature(&f, VIRTIO_F_RING_RESET);
+    return f | vcd->features;
+}
+
+static void vcd_get_config(VirtIODevice *vdev, uint8_t *config)
+{
+    VirtIOCryptodev *vcd = VIRTIO_CRYPTODEV(vdev);
+    struct vcd_config cfg = { 0 };
+    unsigned i;
+
+    for (i = 0; i < ARRAY_SIZE(cfg.algs); i++) {
+        cfg.algs[i] = cpu_to_le32(vcd->algs[i]);
+    }
+    cfg.max_data_len = cpu_to_le32(VCD_MAX_DATA_LEN);
+    cfg.max_handles = cpu_to_le32(VCD_MAX_HANDLES);
+    cfg.max_sessions = cpu_to_le32(vcd->max_sessions);
+    cfg.max_hash_states = cpu_to_le32(vcd->max_hash_states);
+    memcpy(config, &cfg, sizeof(cfg));
 }
 
 static void vcd_reset(VirtIODevice *vdev)
@@ -872,34 +916,31 @@ static void vcd_realize(DeviceState *dev, Error **errp)
     VirtIODevice *vdev = VIRTIO_DEVICE(dev);
     VirtIOCryptodev *vcd = VIRTIO_CRYPTODEV(dev);
     const char *want = vcd->engine_prop ? vcd->engine_prop : "auto";
-    bool have_host = access("/dev/crypto", R_OK | W_OK) == 0;
+    uint32_t alg;
 
     if (!strcmp(want, "host")) {
-        if (!have_host) {
-            error_setg(errp, "virtio-cryptodev: engine=host needs a usable "
-                       "/dev/crypto (cryptodev-linux)");
-            return;
-        }
         vcd->engine = &vcd_engine_host;
     } else if (!strcmp(want, "builtin")) {
         vcd->engine = &vcd_engine_builtin;
     } else if (!strcmp(want, "auto")) {
-        vcd->engine = have_host ? &vcd_engine_host : &vcd_engine_builtin;
+        vcd->engine = vcd_host_crypto_present() ? &vcd_engine_host
+                                                : &vcd_engine_builtin;
     } else {
         error_setg(errp, "virtio-cryptodev: engine must be auto, builtin "
                    "or host, not '%s'", want);
         return;
     }
-    if (vcd->engine == &vcd_engine_builtin &&
-        (!qcrypto_cipher_supports(QCRYPTO_CIPHER_ALG_AES_256,
-                                  QCRYPTO_CIPHER_MODE_CBC) ||
-         !qcrypto_hmac_supports(QCRYPTO_HASH_ALG_SHA256))) {
-        error_setg(errp, "virtio-cryptodev: QEMU's crypto layer lacks "
-                   "AES-CBC or HMAC-SHA256");
+    if (!vcd->engine->usable(errp)) {
         return;
     }
+    memset(vcd->algs, 0, sizeof(vcd->algs));
+    for (alg = 1; alg < VCD_ALG_BITS; alg++) {
+        if (vcd_alg_info(alg) && vcd->engine->supports(alg)) {
+            vcd->algs[alg / 32] |= 1u << (alg % 32);
+        }
+    }
 
-    virtio_init(vdev, VIRTIO_ID_CRYPTODEV, 0);
+    virtio_init(vdev, VIRTIO_ID_CRYPTODEV, sizeof(struct vcd_config));
     vcd->vq = virtio_add_queue(vdev, VCD_QUEUE_SIZE, vcd_handle_output);
     /* Guarded: a notification must not re-enter the device's MMIO. */
     vcd->notify_bh = qemu_bh_new_guarded(vcd_notify_bh, vcd,
@@ -927,8 +968,18 @@ static const VMStateDescription vmstate_virtio_cryptodev = {
 
 static Property virtio_cryptodev_properties[] = {
     DEFINE_PROP_STRING("engine", VirtIOCryptodev, engine_prop),
-    /* Crypt requests up to this many bytes run inline, larger ones on workers. */
+    /* Crypt requests up to this many bytes run inline, larger on workers. */
     DEFINE_PROP_UINT32("inline-max", VirtIOCryptodev, inline_max, 64 * 1024),
+    /* Budgets of host state the guest can make the device hold. */
+    DEFINE_PROP_UINT32("max-sessions", VirtIOCryptodev, max_sessions,
+                       VCD_MAX_SESSIONS),
+    DEFINE_PROP_UINT32("max-hash-states", VirtIOCryptodev, max_hash_states,
+                       VCD_MAX_HASH_STATES),
+    /* Off: behave as the first protocol version (no discovery). */
+    DEFINE_PROP_BIT64("algs", VirtIOCryptodev, features, VCD_F_ALGS, true),
+    DEFINE_PROP_BIT64("multipart", VirtIOCryptodev, features,
+                      VCD_F_MULTIPART, true),
+    DEFINE_PROP_BIT64("aead", VirtIOCryptodev, features, VCD_F_AEAD, true),
     DEFINE_PROP_END_OF_LIST(),
 };
 
@@ -943,6 +994,7 @@ static void virtio_cryptodev_class_init(ObjectClass *klass, void *data)
     vdc->realize = vcd_realize;
     vdc->unrealize = vcd_unrealize;
     vdc->get_features = vcd_get_features;
+    vdc->get_config = vcd_get_config;
     vdc->reset = vcd_reset;
 }
 

@@ -30,6 +30,11 @@ struct VirtIOCryptodev {
     const VcdEngine *engine;
     char *engine_prop;
     uint32_t inline_max;
+    uint32_t max_sessions;
+    uint32_t max_hash_states;
+    uint64_t features;          /* VCD_F_* offered */
+    /* Algorithms the engine has, by cryptodev-linux number (vcd_config). */
+    uint32_t algs[VCD_ALG_BITS / 32];
 
     /* Requests handed to the thread pool and not yet pushed back. */
     unsigned inflight;
@@ -38,6 +43,9 @@ struct VirtIOCryptodev {
     VcdHandle *handles[VCD_MAX_HANDLES];
     uint16_t handle_gen[VCD_MAX_HANDLES];
     unsigned nhandles;
+    /* Live sessions and MAC sessions, against the budgets above. */
+    unsigned nsessions;
+    unsigned nhash;
 };
 
 #endif
