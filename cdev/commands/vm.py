@@ -131,6 +131,9 @@ def run(
     argv = list(command or DEFAULT_COMMAND)
     if name is not None:
         check_name(name)
+    # SIGTERM/SIGHUP end the VM like Ctrl-C does: QEMU stopped, work dir and name freed.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     ports = [parse_port(p) for p in port]
     if keep:
         os.environ["CDEV_KEEP_VM"] = "1"
@@ -233,6 +236,10 @@ def list_vms(
         up = f"{time.time() - vm.started:.0f}"
         table.add_row(vm.name, str(vm.pid), up, vm.qmp, vm.trace_log)
     Console().print(table)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _copy_trace(guest: Guest, dest: Path) -> None:
