@@ -24,6 +24,11 @@
  * two workers off the same engine state.  Reset and unrealize wait for the
  * in-flight requests, which are bounded CPU work, then free everything.
  *
+ * The crypto itself is an engine's (virtio-cryptodev-engine.h): builtin
+ * (QEMU's crypto layer, virtio-cryptodev-builtin.c) or host (/dev/crypto
+ * pass-through, virtio-cryptodev-host.c).  Engines see host buffers of
+ * checked sizes only.
+ *
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 
@@ -38,15 +43,13 @@
 #include "block/aio.h"
 #include "block/aio-wait.h"
 #include "block/thread-pool.h"
-#include "crypto/cipher.h"
-#include "crypto/hmac.h"
 #include "hw/qdev-properties.h"
 #include "hw/virtio/virtio.h"
 #include "hw/virtio/virtio-cryptodev.h"
 #include "migration/vmstate.h"
 #include "standard-headers/linux/virtio_config.h"
 #include "trace.h"
-#include <sys/ioctl.h>
+#include "virtio-cryptodev-engine.h"
 
 QEMU_BUILD_BUG_ON(sizeof(struct vcd_req) != 48);
 QEMU_BUILD_BUG_ON(sizeof(struct vcd_resp) != 16);
@@ -54,22 +57,6 @@ QEMU_BUILD_BUG_ON(sizeof(struct vcd_session_info) != 264);
 
 #define VCD_HANDLE_SLOT_BITS 16
 #define VCD_HANDLE_SLOT_MASK ((1u << VCD_HANDLE_SLOT_BITS) - 1)
-
-typedef struct VcdSession {
-    uint32_t id;
-    uint32_t cipher;
-    uint32_t mac;
-    /* Main loop only: the table's reference plus one per in-flight request. */
-    unsigned refs;
-    /* Serializes the engine state (the cipher's IV) between workers. */
-    QemuMutex lock;
-    /* builtin engine */
-    QCryptoCipher *qcipher;
-    QCryptoHmac *qhmac;
-    /* host engine: one /dev/crypto fd per session, never shown to the guest */
-    int host_fd;
-    uint32_t host_ses;
-} VcdSession;
 
 struct VcdHandle {
     uint32_t id;
@@ -91,245 +78,6 @@ typedef struct VcdRequest {
     uint8_t mac[VCD_HMAC_SHA256_LEN];
     uint32_t status;
 } VcdRequest;
-
-struct VcdEngine {
-    const char *name;
-    uint32_t (*session_init)(VcdSession *ses, const uint8_t *key,
-                             uint32_t keylen, const uint8_t *mackey,
-                             uint32_t mackeylen);
-    void (*session_fini)(VcdSession *ses);
-    /* Runs in a worker thread with ses->lock held. */
-    uint32_t (*crypt)(VcdSession *ses, VcdRequest *r);
-    void (*session_info)(VcdSession *ses, struct vcd_session_info *info);
-};
-
-/* ------------------------------------------------------------------ */
-/* builtin engine: QEMU's crypto layer (GnuTLS here)                   */
-
-static uint32_t builtin_session_init(VcdSession *ses, const uint8_t *key,
-                                     uint32_t keylen, const uint8_t *mackey,
-                                     uint32_t mackeylen)
-{
-    QCryptoCipherAlgorithm alg;
-
-    if (ses->cipher == VCD_CIPHER_AES_CBC) {
-        alg = keylen == 16 ? QCRYPTO_CIPHER_ALG_AES_128 :
-              keylen == 24 ? QCRYPTO_CIPHER_ALG_AES_192 :
-                             QCRYPTO_CIPHER_ALG_AES_256;
-        ses->qcipher = qcrypto_cipher_new(alg, QCRYPTO_CIPHER_MODE_CBC,
-                                          key, keylen, NULL);
-        if (!ses->qcipher) {
-            return VCD_S_ENGINE;
-        }
-    }
-    if (ses->mac == VCD_MAC_SHA256_HMAC) {
-        /* An empty HMAC key is valid; hand the library a non-NULL pointer. */
-        static const uint8_t empty[1];
-        ses->qhmac = qcrypto_hmac_new(QCRYPTO_HASH_ALG_SHA256,
-                                      mackeylen ? mackey : empty, mackeylen,
-                                      NULL);
-        if (!ses->qhmac) {
-            return VCD_S_ENGINE;
-        }
-    }
-    return VCD_S_OK;
-}
-
-static void builtin_session_fini(VcdSession *ses)
-{
-    qcrypto_cipher_free(ses->qcipher);
-    ses->qcipher = NULL;
-    qcrypto_hmac_free(ses->qhmac);
-    ses->qhmac = NULL;
-}
-
-static uint32_t builtin_hmac(VcdSession *ses, const uint8_t *data, size_t len,
-                             uint8_t *out)
-{
-    uint8_t *result = out;
-    size_t resultlen = VCD_HMAC_SHA256_LEN;
-    static const uint8_t empty[1];
-
-    if (qcrypto_hmac_bytes(ses->qhmac, len ? (const char *)data :
-                           (const char *)empty, len, &result, &resultlen,
-                           NULL) < 0 || resultlen != VCD_HMAC_SHA256_LEN) {
-        return VCD_S_ENGINE;
-    }
-    return VCD_S_OK;
-}
-
-static uint32_t builtin_crypt(VcdSession *ses, VcdRequest *r)
-{
-    uint32_t len = r->req.len;
-    bool enc = r->req.op == VCD_OP_ENCRYPT;
-
-    if (ses->qhmac && (enc || !ses->qcipher) &&
-        builtin_hmac(ses, r->src, len, r->mac) != VCD_S_OK) {
-        return VCD_S_ENGINE;
-    }
-    if (ses->qcipher && len) {
-        if (qcrypto_cipher_setiv(ses->qcipher, r->iv, VCD_IV_LEN, NULL) < 0) {
-            return VCD_S_ENGINE;
-        }
-        if ((enc ? qcrypto_cipher_encrypt : qcrypto_cipher_decrypt)
-            (ses->qcipher, r->src, r->dst, len, NULL) < 0) {
-            return VCD_S_ENGINE;
-        }
-    }
-    if (ses->qhmac && ses->qcipher && !enc &&
-        builtin_hmac(ses, r->dst, len, r->mac) != VCD_S_OK) {
-        return VCD_S_ENGINE;
-    }
-    return VCD_S_OK;
-}
-
-static void builtin_session_info(VcdSession *ses,
-                                 struct vcd_session_info *info)
-{
-    if (ses->cipher) {
-        pstrcpy(info->cipher_name, VCD_NAME_LEN, "cbc(aes)");
-        pstrcpy(info->cipher_driver, VCD_NAME_LEN, "qcrypto-builtin");
-    }
-    if (ses->mac) {
-        pstrcpy(info->mac_name, VCD_NAME_LEN, "hmac(sha256)");
-        pstrcpy(info->mac_driver, VCD_NAME_LEN, "qcrypto-builtin");
-    }
-}
-
-static const VcdEngine vcd_engine_builtin = {
-    .name = "builtin",
-    .session_init = builtin_session_init,
-    .session_fini = builtin_session_fini,
-    .crypt = builtin_crypt,
-    .session_info = builtin_session_info,
-};
-
-/* ------------------------------------------------------------------ */
-/* host engine: the host's cryptodev-linux /dev/crypto                 */
-
-/*
- * cryptodev-linux's ABI, declared here because its header is rarely
- * installed.  These are the host's native structs: guest layouts never reach
- * them, the request was decoded from the fixed wire format first.
- */
-struct vcd_host_session_op {
-    uint32_t cipher;
-    uint32_t mac;
-    uint32_t keylen;
-    const uint8_t *key;
-    uint32_t mackeylen;
-    const uint8_t *mackey;
-    uint32_t ses;
-};
-
-struct vcd_host_crypt_op {
-    uint32_t ses;
-    uint16_t op;
-    uint16_t flags;
-    uint32_t len;
-    uint8_t *src;
-    uint8_t *dst;
-    uint8_t *mac;
-    uint8_t *iv;
-};
-
-struct vcd_host_alg_info {
-    char cra_name[64];
-    char cra_driver_name[64];
-};
-
-struct vcd_host_session_info_op {
-    uint32_t ses;
-    struct vcd_host_alg_info cipher_info;
-    struct vcd_host_alg_info hash_info;
-    uint16_t alignmask;
-    uint32_t flags;
-};
-
-#define VCD_HOST_CIOCGSESSION  _IOWR('c', 102, struct vcd_host_session_op)
-#define VCD_HOST_CIOCFSESSION  _IOW('c', 103, uint32_t)
-#define VCD_HOST_CIOCCRYPT     _IOWR('c', 104, struct vcd_host_crypt_op)
-#define VCD_HOST_CIOCGSESSINFO _IOWR('c', 107, struct vcd_host_session_info_op)
-
-static uint32_t host_session_init(VcdSession *ses, const uint8_t *key,
-                                  uint32_t keylen, const uint8_t *mackey,
-                                  uint32_t mackeylen)
-{
-    struct vcd_host_session_op sop = {
-        .cipher = ses->cipher,
-        .mac = ses->mac,
-        .keylen = keylen,
-        .key = key,
-        .mackeylen = mackeylen,
-        .mackey = mackey,
-    };
-    int fd = qemu_open_old("/dev/crypto", O_RDWR | O_CLOEXEC);
-
-    if (fd < 0) {
-        return errno == EMFILE || errno == ENFILE ? VCD_S_LIMIT : VCD_S_ENGINE;
-    }
-    if (ioctl(fd, VCD_HOST_CIOCGSESSION, &sop) < 0) {
-        uint32_t st = errno == EINVAL ? VCD_S_INVAL :
-                      errno == ENOMEM ? VCD_S_NOMEM : VCD_S_ENGINE;
-        qemu_close(fd);
-        return st;
-    }
-    ses->host_fd = fd;
-    ses->host_ses = sop.ses;
-    return VCD_S_OK;
-}
-
-static void host_session_fini(VcdSession *ses)
-{
-    if (ses->host_fd >= 0) {
-        ioctl(ses->host_fd, VCD_HOST_CIOCFSESSION, &ses->host_ses);
-        qemu_close(ses->host_fd);
-        ses->host_fd = -1;
-    }
-}
-
-static uint32_t host_crypt(VcdSession *ses, VcdRequest *r)
-{
-    struct vcd_host_crypt_op cop = {
-        .ses = ses->host_ses,
-        .op = r->req.op,
-        .len = r->req.len,
-        .src = r->src,
-        .dst = ses->cipher ? r->dst : NULL,
-        .mac = ses->mac ? r->mac : NULL,
-        .iv = ses->cipher ? r->iv : NULL,
-    };
-
-    if (ioctl(ses->host_fd, VCD_HOST_CIOCCRYPT, &cop) < 0) {
-        return errno == EINVAL ? VCD_S_INVAL : VCD_S_ENGINE;
-    }
-    return VCD_S_OK;
-}
-
-static void host_session_info(VcdSession *ses, struct vcd_session_info *info)
-{
-    struct vcd_host_session_info_op sio = { .ses = ses->host_ses };
-
-    if (ioctl(ses->host_fd, VCD_HOST_CIOCGSESSINFO, &sio) < 0) {
-        builtin_session_info(ses, info);
-        return;
-    }
-    pstrcpy(info->cipher_name, VCD_NAME_LEN, sio.cipher_info.cra_name);
-    pstrcpy(info->cipher_driver, VCD_NAME_LEN,
-            sio.cipher_info.cra_driver_name);
-    pstrcpy(info->mac_name, VCD_NAME_LEN, sio.hash_info.cra_name);
-    pstrcpy(info->mac_driver, VCD_NAME_LEN, sio.hash_info.cra_driver_name);
-    info->alignmask = cpu_to_le32(sio.alignmask);
-    info->flags = cpu_to_le32(sio.flags);
-}
-
-static const VcdEngine vcd_engine_host = {
-    .name = "host",
-    .session_init = host_session_init,
-    .session_fini = host_session_fini,
-    .crypt = host_crypt,
-    .session_info = host_session_info,
-};
 
 /* ------------------------------------------------------------------ */
 /* handles and sessions                                                */
@@ -353,7 +101,9 @@ static void vcd_session_unref(VirtIOCryptodev *vcd, VcdSession *ses)
     if (--ses->refs) {
         return;
     }
-    vcd->engine->session_fini(ses);
+    if (ses->priv) {
+        vcd->engine->session_fini(ses);
+    }
     qemu_mutex_destroy(&ses->lock);
     g_free(ses);
 }
@@ -434,8 +184,17 @@ static int vcd_crypt_worker(void *opaque)
     VcdRequest *r = opaque;
     VcdSession *ses = r->ses;
 
+    VcdCryptOp op = {
+        .encrypt = r->req.op == VCD_OP_ENCRYPT,
+        .len = r->req.len,
+        .iv = ses->cipher ? r->iv : NULL,
+        .src = r->src,
+        .dst = ses->cipher ? r->dst : NULL,
+        .mac = ses->mac ? r->mac : NULL,
+    };
+
     qemu_mutex_lock(&ses->lock);
-    r->status = r->vcd->engine->crypt(ses, r);
+    r->status = r->vcd->engine->crypt(ses, &op);
     qemu_mutex_unlock(&ses->lock);
     return 0;
 }
@@ -576,7 +335,6 @@ static uint32_t vcd_session_create(VirtIOCryptodev *vcd, VcdHandle *h,
     ses->cipher = q->cipher;
     ses->mac = q->mac;
     ses->refs = 1;
-    ses->host_fd = -1;
     qemu_mutex_init(&ses->lock);
 
     iov_to_buf(r->elem.out_sg, r->elem.out_num, sizeof(struct vcd_req),
@@ -872,30 +630,20 @@ static void vcd_realize(DeviceState *dev, Error **errp)
     VirtIODevice *vdev = VIRTIO_DEVICE(dev);
     VirtIOCryptodev *vcd = VIRTIO_CRYPTODEV(dev);
     const char *want = vcd->engine_prop ? vcd->engine_prop : "auto";
-    bool have_host = access("/dev/crypto", R_OK | W_OK) == 0;
 
     if (!strcmp(want, "host")) {
-        if (!have_host) {
-            error_setg(errp, "virtio-cryptodev: engine=host needs a usable "
-                       "/dev/crypto (cryptodev-linux)");
-            return;
-        }
         vcd->engine = &vcd_engine_host;
     } else if (!strcmp(want, "builtin")) {
         vcd->engine = &vcd_engine_builtin;
     } else if (!strcmp(want, "auto")) {
-        vcd->engine = have_host ? &vcd_engine_host : &vcd_engine_builtin;
+        vcd->engine = vcd_host_crypto_present() ? &vcd_engine_host
+                                                : &vcd_engine_builtin;
     } else {
         error_setg(errp, "virtio-cryptodev: engine must be auto, builtin "
                    "or host, not '%s'", want);
         return;
     }
-    if (vcd->engine == &vcd_engine_builtin &&
-        (!qcrypto_cipher_supports(QCRYPTO_CIPHER_ALG_AES_256,
-                                  QCRYPTO_CIPHER_MODE_CBC) ||
-         !qcrypto_hmac_supports(QCRYPTO_HASH_ALG_SHA256))) {
-        error_setg(errp, "virtio-cryptodev: QEMU's crypto layer lacks "
-                   "AES-CBC or HMAC-SHA256");
+    if (!vcd->engine->usable(errp)) {
         return;
     }
 

@@ -1,0 +1,64 @@
+/*
+ * virtio-cryptodev: the interface between the request path and a host engine
+ *
+ * The request path (virtio-cryptodev.c) owns handles, sessions, lifetimes and
+ * every check of what the guest sent; an engine only turns a checked session
+ * or operation into crypto.  Engines never see a descriptor chain or a guest
+ * address, only host buffers of validated sizes.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef VIRTIO_CRYPTODEV_ENGINE_H
+#define VIRTIO_CRYPTODEV_ENGINE_H
+
+#include "qemu/thread.h"
+#include "hw/virtio/virtio_cryptodev.h"
+
+typedef struct VcdSession {
+    uint32_t id;
+    uint32_t cipher;            /* VCD_CIPHER_* or VCD_CIPHER_NONE */
+    uint32_t mac;               /* VCD_MAC_* or VCD_MAC_NONE */
+    /* Main loop only: the table's reference plus one per in-flight request. */
+    unsigned refs;
+    /* Serializes the engine state (IV, hash state) between workers. */
+    QemuMutex lock;
+    /* The engine's own state for this session. */
+    void *priv;
+} VcdSession;
+
+/* One checked CRYPT: host buffers of the sizes the request path verified. */
+typedef struct VcdCryptOp {
+    bool encrypt;
+    uint32_t len;               /* bytes in src (and dst) */
+    const uint8_t *iv;          /* VCD_IV_LEN bytes with a cipher, else NULL */
+    const uint8_t *src;
+    uint8_t *dst;               /* len bytes with a cipher, else NULL */
+    uint8_t *mac;               /* the digest size with a MAC, else NULL */
+} VcdCryptOp;
+
+typedef struct VcdEngine {
+    const char *name;
+    /* Whether this engine can run on this host at all; sets errp if not. */
+    bool (*usable)(Error **errp);
+    /*
+     * Create the engine state of @ses (ses->cipher and ses->mac are set and
+     * known).  Returns a VCD_S_* status; on failure nothing is left to free.
+     */
+    uint32_t (*session_init)(VcdSession *ses, const uint8_t *key,
+                             uint32_t keylen, const uint8_t *mackey,
+                             uint32_t mackeylen);
+    /* Free (and wipe) the engine state; called once, after a good init. */
+    void (*session_fini)(VcdSession *ses);
+    /* Runs in a worker thread or inline, with ses->lock held. */
+    uint32_t (*crypt)(VcdSession *ses, VcdCryptOp *op);
+    void (*session_info)(VcdSession *ses, struct vcd_session_info *info);
+} VcdEngine;
+
+extern const VcdEngine vcd_engine_builtin;
+extern const VcdEngine vcd_engine_host;
+
+/* True when the host's /dev/crypto (cryptodev-linux) can be opened. */
+bool vcd_host_crypto_present(void);
+
+#endif
