@@ -13,6 +13,7 @@
 
 #include "hw/virtio/virtio.h"
 #include "hw/virtio/virtio_cryptodev.h"
+#include "hw/virtio/virtio-cryptodev-stats.h"
 #include "qom/object.h"
 
 #define TYPE_VIRTIO_CRYPTODEV "virtio-cryptodev-device"
@@ -38,6 +39,9 @@ struct VirtIOCryptodev {
     VcdHandle *handles[VCD_MAX_HANDLES];
     uint16_t handle_gen[VCD_MAX_HANDLES];
     unsigned nhandles;
+
+    /* Main loop only; read by the "stats" and "handles" QOM properties. */
+    VcdStats stats;
 };
 
 #endif
