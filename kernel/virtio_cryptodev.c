@@ -49,6 +49,7 @@
 
 #include "cryptodev.h"
 #include "virtio_cryptodev.h"
+#include "virtio_cryptodev_stats.h"
 
 #define VCD_DRIVER_NAME	"virtio-cryptodev"
 #define VCD_MINORS	256
@@ -81,6 +82,7 @@ struct vcd_device {
 	int minor;
 	struct cdev cdev;
 	struct device dev;
+	struct vcd_stats stats;		/* sysfs: stats/ */
 };
 
 /* Crypt requests at least this long use the caller's pages (zero copy). */
@@ -348,6 +350,8 @@ static void vcd_vq_done(struct virtqueue *vq)
 		while ((r = virtqueue_get_buf(vq, &len)) != NULL) {
 			freed = true;
 			r->written = len;
+			vcd_stats_answered(&vcd->stats,
+					   le32_to_cpu(r->resp.status) == VCD_S_OK);
 			if (r->abandoned && le32_to_cpu(r->req.type) == VCD_CALL_OPEN &&
 			    le32_to_cpu(r->resp.status) == VCD_S_OK) {
 				/* Keep the device's reference for the work item. */
@@ -424,6 +428,8 @@ static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killab
 			err = virtqueue_add_sgs(vcd->vq, sgs, 1 + r->nout, r->nin + 1, r,
 						GFP_ATOMIC);
 			notify = !err && virtqueue_kick_prepare(vcd->vq);
+			if (!err)
+				atomic_long_inc(&vcd->stats.in_flight);
 		}
 		seen = vcd->freed;
 		spin_unlock_irq(&vcd->lock);
@@ -601,8 +607,10 @@ static int vcd_create_session(struct vcd_file *vf, struct vcd_sess_args *a)
 		}
 	}
 	vcd_req_put(r);
-	if (!err)
+	if (!err) {
+		atomic_long_inc(&vf->vcd->stats.sessions);
 		return 0;
+	}
 out_count:
 	atomic_dec(&vf->nsessions);
 	return err;
@@ -617,8 +625,10 @@ static int vcd_free_session(struct vcd_file *vf, u32 ses)
 	err = vcd_destroy_session(vf, ses);
 	/* Unknown to the device too: forget it here as well. */
 	if (!err || err == -EINVAL) {
-		if (xa_erase(&vf->sessions, ses))
+		if (xa_erase(&vf->sessions, ses)) {
 			atomic_dec(&vf->nsessions);
+			atomic_long_dec(&vf->vcd->stats.sessions);
+		}
 	}
 	return err;
 }
@@ -936,6 +946,7 @@ static int vcd_open(struct inode *inode, struct file *filp)
 	if (err)
 		goto out_free;
 	filp->private_data = vf;
+	atomic_long_inc(&vcd->stats.open_files);
 	return nonseekable_open(inode, filp);
 
 out_free:
@@ -953,6 +964,8 @@ static int vcd_release(struct inode *inode, struct file *filp)
 	if (err && err != -ENODEV)
 		dev_warn_ratelimited(&vf->vcd->dev, "closing handle %u failed: %d\n",
 				     vf->handle, err);
+	atomic_long_sub(atomic_read(&vf->nsessions), &vf->vcd->stats.sessions);
+	atomic_long_dec(&vf->vcd->stats.open_files);
 	xa_destroy(&vf->sessions);
 	kfree(vf);
 	return 0;
@@ -1002,6 +1015,8 @@ static int vcd_probe(struct virtio_device *vdev)
 	vcd->dev.parent = &vdev->dev;
 	vcd->dev.devt = MKDEV(MAJOR(vcd_devt), vcd->minor);
 	vcd->dev.release = vcd_dev_release;
+	vcd->dev.groups = vcd_stats_groups;
+	dev_set_drvdata(&vcd->dev, &vcd->stats);
 	err = dev_set_name(&vcd->dev, "cryptodev%d", vcd->minor);
 	if (err)
 		goto out_put;
@@ -1052,6 +1067,7 @@ static void vcd_remove(struct virtio_device *vdev)
 	spin_lock_irq(&vcd->lock);
 	while ((r = virtqueue_detach_unused_buf(vcd->vq)) != NULL) {
 		r->err = -ENODEV;
+		vcd_stats_dropped(&vcd->stats);
 		complete(&r->done);
 		vcd_req_put(r);
 	}
