@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import stat
 import struct
@@ -69,7 +68,15 @@ def peer_pid(path: str | Path, timeout: float = 2.0) -> int | None:
 
 
 def process_alive(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")
+    """True while ``pid`` runs (a zombie, exited but not yet reaped, does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read(4096)
+    except OSError:
+        return False
+    # "PID (comm) STATE ...": comm may hold spaces and parentheses, so split at the last ")".
+    state = stat_line.rpartition(b")")[2].split()[:1]
+    return state not in ([b"Z"], [b"X"])
 
 
 class Qmp:
@@ -79,6 +86,9 @@ class Qmp:
         self.path = check_socket(path)
         self.timeout = timeout
         self._loop = asyncio.new_event_loop()
+        # A QEMU that dies mid-call leaves the library's reader task with an EOFError that
+        # asyncio would print at exit; the caller already got a QmpError for it.
+        self._loop.set_exception_handler(lambda loop, context: None)
         self._client = QMPClient("cdev")
         self._connected = False
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdev.errors import UsageError
+from cdev.errors import CdevError, UsageError
 from cdev.qmp import Qmp, QmpError, check_socket, peer_pid, process_alive
 from cdev.vm import registry
 from cdev.vq_trace import EVENT_PREFIX, read_lines
@@ -78,7 +78,8 @@ class Attachment:
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
 
     def alive(self) -> bool:
-        return process_alive(self.target.pid)
+        # QEMU removes its QMP socket on the way out, before the process is gone.
+        return process_alive(self.target.pid) and self.target.qmp.exists()
 
     def __enter__(self) -> Attachment:
         with Qmp(self.target.qmp, self.timeout) as q:
@@ -115,7 +116,7 @@ class Attachment:
             if self.previous and self.alive():
                 with Qmp(self.target.qmp, self.timeout) as q:
                     self._restore(q)
-        except QmpError:
+        except CdevError:
             if self.alive():
                 raise
         finally:

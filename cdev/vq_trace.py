@@ -9,9 +9,11 @@ handle 0x10001 session 0x9a3c op 0 len 4096 out 4160 in 4112
     1234@1700000000.123789:virtio_cryptodev_response dev 0x5581 id 7 call 2 cmd 3 \
 handle 0x10001 session 0x9a3c status 0 ret_handle 0x0 ret_session 0x9a3c
 
-The ``PID@SECONDS:`` prefix is present only with ``-msg timestamp=on``. Requests and
-responses are paired by device and id into :class:`Exchange` records; :class:`Summary`
-counts them. Lines that are not ours (other trace events, guest errors) are ignored.
+Each request is followed by a ``virtio_cryptodev_chain`` line (descriptors out and in, and
+for a session's creation its cipher and mac). The ``PID@SECONDS:`` prefix is present only
+with ``-msg timestamp=on``. Requests and responses are paired by device and id into
+:class:`Exchange` records; :class:`Summary` counts them. Lines that are not ours (other
+trace events, guest errors) are ignored.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def qemu_trace_args(log_file: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class TraceEvent:
-    kind: str  # request | response | batch | reset | realize
+    kind: str  # request | chain | response | batch | reset | realize
     fields: dict[str, int | str]
     ts: float | None = None
     pid: int | None = None
@@ -297,8 +299,9 @@ class Tracker:
     def __init__(self) -> None:
         self.pending: dict[tuple[str, int], Exchange] = {}
         self.summary = Summary()
-        # (dev, handle, session) -> algorithm, learned from SESSION_CREATE in the trace or
-        # handed in by a live reader that asked the device (sessions older than the trace).
+        # (dev, handle, session) -> algorithm, learned from SESSION_CREATE in the trace, or
+        # ("*", handle, session) from a live reader that asked the device (sessions older
+        # than the trace; the device's QOM state does not show trace's dev pointer).
         self.algorithms: dict[tuple[str, int, int], str] = {}
         self._creating: dict[tuple[str, int], str] = {}
 
@@ -320,13 +323,11 @@ class Tracker:
                 out_len=ev.num("out"),
                 in_len=ev.num("in"),
                 ts_request=ev.ts,
-                nout=ev.num("nout") if "nout" in ev.fields else None,
-                nin=ev.num("nin") if "nin" in ev.fields else None,
             )
-            if ex.call == 2 and ex.cmd == 1:
-                ex.algorithm = algorithm(ev.num("cipher"), ev.num("mac"))
-            else:
-                ex.algorithm = self.algorithms.get((dev, ex.handle, ex.session), "")
+            if not (ex.call == 2 and ex.cmd == 1):  # a create's comes with its chain event
+                ex.algorithm = self.algorithms.get(
+                    (dev, ex.handle, ex.session)
+                ) or self.algorithms.get(("*", ex.handle, ex.session), "")
             if len(self.pending) >= MAX_PENDING:  # a log of requests never answered
                 self.pending.pop(next(iter(self.pending)))
             self.pending[(dev, ex.id)] = ex
@@ -361,6 +362,13 @@ class Tracker:
             if ex.latency_us is not None and len(s.latencies_us) < MAX_LATENCIES:
                 s.latencies_us.append(ex.latency_us)
             return ex
+        if ev.kind == "chain":  # follows its request: descriptors, a create's algorithm
+            pending = self.pending.get((dev, ev.num("id")))
+            if pending is not None:
+                pending.nout, pending.nin = ev.num("nout"), ev.num("nin")
+                if pending.call == 2 and pending.cmd == 1:
+                    pending.algorithm = algorithm(ev.num("cipher"), ev.num("mac"))
+            return None
         if ev.kind == "batch":
             s.batches += 1
             s.max_batch = max(s.max_batch, ev.num("popped"))

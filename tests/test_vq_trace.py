@@ -129,7 +129,9 @@ def _session_log(tmp_path: Path) -> Path:
     """A session's life: create (cipher+mac), two crypts (one refused), info, destroy."""
     lines = [
         "1@1700000000.000000:virtio_cryptodev_request dev 0x55d0 id 1 call 2 cmd 1 "
-        "handle 0x10001 session 0x0 op 0 len 0 out 112 in 16 nout 2 nin 1 cipher 11 mac 18\n",
+        "handle 0x10001 session 0x0 op 0 len 0 out 112 in 16\n",
+        "1@1700000000.000001:virtio_cryptodev_chain dev 0x55d0 id 1 nout 2 nin 1 cipher 11 "
+        "mac 18\n",
         "1@1700000000.000100:virtio_cryptodev_response dev 0x55d0 id 1 call 2 cmd 1 "
         "handle 0x10001 session 0x0 status 0 ret_handle 0x0 ret_session 0xabc\n",
         REQ.format(id=2),

@@ -366,6 +366,7 @@ def _live(
         err.print(f"vq-trace: attached to {escape(target.label)} (QEMU pid {target.pid})")
         if att.redirected:
             err.print(f"vq-trace: QEMU's log now goes to {att.log}")
+        _seed_sessions(target.qmp, tracker)
 
         def stop() -> bool:
             return deadline is not None and time.monotonic() >= deadline
@@ -393,3 +394,17 @@ def _arrival_stamped(stream: Iterator[Exchange]) -> Iterator[Exchange]:
 
 def register(app: typer.Typer) -> None:
     app.command("vq-trace")(vq_trace)
+
+
+def _seed_sessions(qmp: Path, tracker: Tracker) -> None:
+    """Sessions opened before we attached: their algorithm from the device's own table."""
+    from cdev.device_state import host_state
+
+    try:
+        devices = host_state(qmp)
+    except CdevError:
+        return  # a QEMU without the state properties: algorithms show for new sessions
+    for dev in devices:
+        for h in dev.handles:
+            for ses in h.sessions:
+                tracker.algorithms[("*", h.id, ses.id)] = ses.algorithm
