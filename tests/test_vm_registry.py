@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -81,3 +82,18 @@ def test_agent_ships_with_the_package() -> None:
     src = agent_source()
     compile(src, "agent.py", "exec")
     assert "def main(" in src and "import cdev" not in src
+
+
+def test_vm_list_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cdev.cli import build_app
+
+    _reg("box", os.getpid(), tmp_path)
+    _reg("gone", _dead_pid(), tmp_path)
+    result = CliRunner().invoke(build_app(), ["vm", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    vms = json.loads(result.stdout)
+    assert [v["name"] for v in vms] == ["box"] and vms[0]["qmp"] == str(tmp_path / "qmp.sock")
+    bad = CliRunner().invoke(build_app(), ["vm", "run", "--name", "../x", "--", "true"])
+    assert bad.exit_code == 2 and "bad VM name" in bad.output
