@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cdev.errors import CdevError, UnavailableError
-from cdev.vq_trace import Exchange
+from cdev.vq_trace import Exchange, percentile
 
 
 def require_plotting(*, terminal: bool, image: bool) -> None:
@@ -104,6 +104,11 @@ def save_image(rows: Sequence[Exchange], path: Path) -> None:
         bins = _log_bins([v for vs in lat.values() for v in vs])
         for name, values in sorted(lat.items()):
             ax1.hist(values, bins=bins, alpha=0.6, label=f"{name} (n={len(values)})")
+        every = sorted(v for vs in lat.values() for v in vs)
+        for q, style in ((50, "--"), (99, ":")):
+            value = percentile(every, q)
+            if value is not None:
+                ax1.axvline(value, color="black", linestyle=style, label=f"p{q} {value:.0f} µs")
         ax1.set_xscale("log")
         ax1.legend()
     else:

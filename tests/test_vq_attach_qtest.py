@@ -98,3 +98,23 @@ def test_zombies_are_not_alive() -> None:
     assert os.path.exists(f"/proc/{child.pid}") and not process_alive(child.pid)
     child.wait()
     assert process_alive(os.getpid())
+
+
+def test_live_table_duration_and_plot(qemu: tuple[Qtest, Path], tmp_path: Path) -> None:
+    qt, sock = qemu
+    dev = VirtioCryptodev(qt)
+    png = tmp_path / "live.png"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdev", "vq-trace", "--attach", str(sock), "--duration", "4",
+         "--filter", "call=OPEN", "--plot-out", str(png)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "CDEV_RUN_DIR": str(tmp_path), "COLUMNS": "160"},
+    )  # fmt: skip
+    assert proc.stderr is not None
+    assert "attached to" in proc.stderr.readline()
+    handles = [d.resp[1] for d in dev.submit([open_chain() for _ in range(3)])]
+    dev.submit([close_chain(h) for h in handles])
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err  # --duration ran out: a normal end
+    assert "per call" in out and "OPEN" in out and "CLOSE" not in out
+    assert png.read_bytes()[:4] == b"\x89PNG"
