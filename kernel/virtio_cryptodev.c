@@ -54,6 +54,7 @@
 
 #include "cryptodev.h"
 #include "virtio_cryptodev.h"
+#include "virtio_cryptodev_stats.h"
 
 #define VCD_DRIVER_NAME	"virtio-cryptodev"
 #define VCD_MINORS	256
@@ -142,6 +143,7 @@ struct vcd_device {
 	int minor;
 	struct cdev cdev;
 	struct device dev;
+	struct vcd_stats stats;		/* sysfs: stats/ */
 };
 
 /* Crypt requests at least this long use the caller's pages (zero copy). */
@@ -193,6 +195,7 @@ struct vcd_file {
 	struct vcd_device *vcd;
 	u32 handle;			/* the device's handle for this file */
 	struct xarray sessions;		/* session id -> VCD_SES_VALUE() (xa value) */
+	atomic_t nsessions;		/* entries in sessions, for the stats */
 };
 
 /* Arguments of the ioctls, independent of the caller's pointer size. */
@@ -504,6 +507,8 @@ static void vcd_vq_done(struct virtqueue *vq)
 		while ((r = virtqueue_get_buf(vq, &len)) != NULL) {
 			freed = true;
 			r->written = len;
+			vcd_stats_answered(&vcd->stats,
+					   le32_to_cpu(r->resp.status) == VCD_S_OK);
 			if (r->abandoned && vcd_creates(r) &&
 			    le32_to_cpu(r->resp.status) == VCD_S_OK) {
 				/* Keep the device's reference for the work item. */
@@ -590,6 +595,8 @@ static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killab
 			 */
 			if (err == -ENOSPC && nents > virtqueue_get_vring_size(vcd->vq))
 				err = -ENOMEM;
+			if (!err)
+				atomic_long_inc(&vcd->stats.in_flight);
 		}
 		seen = vcd->freed;
 		spin_unlock_irq(&vcd->lock);
@@ -814,6 +821,10 @@ static int vcd_create_session(struct vcd_file *vf, struct vcd_sess_args *a)
 		}
 	}
 	vcd_req_put(r);
+	if (!err) {
+		atomic_inc(&vf->nsessions);
+		atomic_long_inc(&vf->vcd->stats.sessions);
+	}
 	return err;
 }
 
@@ -825,8 +836,12 @@ static int vcd_free_session(struct vcd_file *vf, u32 ses)
 		return -EINVAL;
 	err = vcd_destroy_session(vf, ses);
 	/* Unknown to the device too: forget it here as well. */
-	if (!err || err == -EINVAL)
-		xa_erase(&vf->sessions, ses);
+	if (!err || err == -EINVAL) {
+		if (xa_erase(&vf->sessions, ses)) {
+			atomic_dec(&vf->nsessions);
+			atomic_long_dec(&vf->vcd->stats.sessions);
+		}
+	}
 	return err;
 }
 
@@ -1371,6 +1386,7 @@ static int vcd_open(struct inode *inode, struct file *filp)
 	if (err)
 		goto out_free;
 	filp->private_data = vf;
+	atomic_long_inc(&vcd->stats.open_files);
 	return nonseekable_open(inode, filp);
 
 out_free:
@@ -1388,6 +1404,8 @@ static int vcd_release(struct inode *inode, struct file *filp)
 	if (err && err != -ENODEV)
 		dev_warn_ratelimited(&vf->vcd->dev, "closing handle %u failed: %d\n",
 				     vf->handle, err);
+	atomic_long_sub(atomic_read(&vf->nsessions), &vf->vcd->stats.sessions);
+	atomic_long_dec(&vf->vcd->stats.open_files);
 	xa_destroy(&vf->sessions);
 	kfree(vf);
 	return 0;
@@ -1465,6 +1483,8 @@ static int vcd_probe(struct virtio_device *vdev)
 	vcd->dev.parent = &vdev->dev;
 	vcd->dev.devt = MKDEV(MAJOR(vcd_devt), vcd->minor);
 	vcd->dev.release = vcd_dev_release;
+	vcd->dev.groups = vcd_stats_groups;
+	dev_set_drvdata(&vcd->dev, &vcd->stats);
 	err = dev_set_name(&vcd->dev, "cryptodev%d", vcd->minor);
 	if (err)
 		goto out_put;
@@ -1517,6 +1537,7 @@ static void vcd_stop(struct vcd_device *vcd)
 	spin_lock_irq(&vcd->lock);
 	while ((r = virtqueue_detach_unused_buf(vcd->vq)) != NULL) {
 		r->err = -ENODEV;
+		vcd_stats_dropped(&vcd->stats);
 		complete(&r->done);
 		vcd_req_put(r);
 	}

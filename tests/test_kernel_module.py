@@ -16,7 +16,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 KERNEL = REPO / "kernel"
-SOURCES = ("virtio_cryptodev.c", "virtio_cryptodev.h", "cryptodev.h", "Kbuild", "Makefile")
+SOURCES = (
+    "virtio_cryptodev.c",
+    "virtio_cryptodev.h",
+    "virtio_cryptodev_stats.h",
+    "cryptodev.h",
+    "Kbuild",
+    "Makefile",
+)
 
 
 def headers_version() -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,184 @@ def test_trace_of_a_real_device(tmp_path: Path) -> None:
     assert s["by_status"] == {"OK": 10, "NOHANDLE": 1}
     assert s["max_batch"] == 6 and s["engines"] == ["builtin"]
     assert s["latency_us_p50"] is not None
+
+
+def _session_log(tmp_path: Path) -> Path:
+    """A session's life: create (cipher+mac), two crypts (one refused), info, destroy."""
+    lines = [
+        "1@1700000000.000000:virtio_cryptodev_request dev 0x55d0 id 1 call 2 cmd 1 "
+        "handle 0x10001 session 0x0 op 0 len 0 out 112 in 16\n",
+        "1@1700000000.000001:virtio_cryptodev_chain dev 0x55d0 id 1 nout 2 nin 1 cipher 11 "
+        "mac 18\n",
+        "1@1700000000.000100:virtio_cryptodev_response dev 0x55d0 id 1 call 2 cmd 1 "
+        "handle 0x10001 session 0x0 status 0 ret_handle 0x0 ret_session 0xabc\n",
+        REQ.format(id=2),
+        RESP.format(id=2, st=0),
+        REQ.format(id=3).replace("op 0", "op 1"),
+        RESP.format(id=3, st=2),
+        "1@1700000000.000400:virtio_cryptodev_request dev 0x55d0 id 4 call 2 cmd 2 "
+        "handle 0x10001 session 0xabc op 0 len 0 out 48 in 16\n",
+        "1@1700000000.000500:virtio_cryptodev_response dev 0x55d0 id 4 call 2 cmd 2 "
+        "handle 0x10001 session 0xabc status 0 ret_handle 0x0 ret_session 0xabc\n",
+    ]
+    log = tmp_path / "trace.log"
+    log.write_text("".join(lines))
+    return log
+
+
+def test_algorithm_chain_and_totals_per_call(tmp_path: Path) -> None:
+    tracker = vq_trace.Tracker()
+    totals = vq_trace.CallTotals()
+    done = list(vq_trace.exchanges(vq_trace.read_lines(_session_log(tmp_path)), tracker))
+    for ex in done:
+        totals.add(ex)
+    assert [e.algorithm for e in done] == ["aes-cbc+hmac-sha256"] * 4
+    assert done[0].chain == "2+1 112/16B" and done[1].chain == "4160/4112B"
+    assert tracker.algorithms == {}  # destroyed: forgotten
+    t = totals.as_dict()
+    assert t["CRYPT/encrypt"] == {
+        "count": 1,
+        "errors": 0,
+        "bytes": 4096,
+        "latency_us_p50": pytest.approx(250, abs=1),
+        "latency_us_p99": pytest.approx(250, abs=1),
+    }
+    assert t["CRYPT/decrypt"]["errors"] == 1 and t["CRYPT/decrypt"]["bytes"] == 0
+    assert t["total"]["count"] == 4 and t["total"]["errors"] == 1
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert vq_trace.percentile(values, 50) == 50.0
+    assert vq_trace.percentile(values, 99) == 99.0
+    assert vq_trace.percentile([7.0], 99) == 7.0
+    assert vq_trace.percentile([], 50) is None
+
+
+@pytest.mark.parametrize(
+    ("specs", "ids"),
+    [
+        (["cmd=CRYPT"], [2, 3]),
+        (["cmd=crypt/decrypt"], [3]),
+        (["status=error"], [3]),
+        (["status=OK", "cmd=CRYPT"], [2]),
+        (["call=IOCTL", "session=0xabc"], [1, 2, 3, 4]),
+        (["handle=0x10002"], []),
+        (["cmd=SESSION_CREATE,SESSION_DESTROY"], [1, 4]),
+    ],
+)
+def test_filters(tmp_path: Path, specs: list[str], ids: list[int]) -> None:
+    keep = vq_trace.make_filter(specs)
+    done = vq_trace.exchanges(vq_trace.read_lines(_session_log(tmp_path)))
+    assert [e.id for e in done if keep(e)] == ids
+
+
+@pytest.mark.parametrize("spec", ["cmd", "nope=1", "status=FINE", "session=xyz", "call="])
+def test_bad_filter_is_a_usage_error(tmp_path: Path, spec: str) -> None:
+    result = CliRunner().invoke(
+        build_app(), ["vq-trace", str(_session_log(tmp_path)), "--filter", spec]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("cdev: --filter") and result.output.count("\n") == 1
+
+
+def test_json_filter_and_from(tmp_path: Path) -> None:
+    log = _session_log(tmp_path)
+    args = ["vq-trace", "--from", str(log), "--json", "--filter", "cmd=CRYPT"]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["request"] for r in rows[:-1]] == ["CRYPT/encrypt", "CRYPT/decrypt"]
+    assert rows[0]["algorithm"] == "aes-cbc+hmac-sha256" and rows[0]["time"] is not None
+    calls = rows[-1]["summary"]["calls"]
+    assert set(calls) == {"CRYPT/encrypt", "CRYPT/decrypt", "total"}
+    assert calls["total"] == {
+        "count": 2,
+        "errors": 1,
+        "bytes": 4096,
+        "latency_us_p50": pytest.approx(250, abs=1),
+        "latency_us_p99": pytest.approx(250, abs=1),
+    }
+
+
+@pytest.mark.parametrize(
+    ("make", "code", "words"),
+    [
+        (lambda p: p, 2, "is a directory"),
+        (lambda p: p / "missing.log", 2, "no such trace log"),
+        (lambda p: (p / "t.txt").write_text("hello\nworld\n") and p / "t.txt", 1, "no virtio"),
+        (lambda p: (p / "e.log").write_text("") == 0 and p / "e.log", 1, "no virtio"),
+        (
+            lambda p: (p / "b.bin").write_bytes(b"\x1b[2J\x00" * 5000) and p / "b.bin",
+            1,
+            "no virtio",
+        ),
+        (lambda p: Path("/dev/zero"), 2, "not a regular file"),
+    ],
+)
+def test_bad_logs_get_one_line_and_the_right_code(
+    tmp_path: Path, make: Callable[[Path], Path], code: int, words: str
+) -> None:
+    result = CliRunner().invoke(build_app(), ["vq-trace", str(make(tmp_path))])
+    assert result.exit_code == code, result.output
+    assert result.output.startswith("cdev: ") and result.output.count("\n") == 1
+    assert words in result.output and "\x1b" not in result.output
+
+
+def test_hostile_log_lines_stay_harmless(tmp_path: Path) -> None:
+    log = tmp_path / "trace.log"
+    evil = "virtio_cryptodev_realize dev 0x1 engine \x1b]0;pwned\x07[red]x[/red]\n"
+    log.write_text(evil + "x" * 100_000 + "\n" + REQ.format(id=1) + RESP.format(id=1, st=0))
+    result = CliRunner().invoke(build_app(), ["vq-trace", str(log)])
+    assert result.exit_code == 0, result.output
+    assert "\x1b]" not in result.stdout and "pwned" not in result.stdout
+    assert "CRYPT/encrypt" in result.stdout
+
+
+def test_one_source_only(tmp_path: Path) -> None:
+    log = _session_log(tmp_path)
+    for args in ([], [str(log), "--from", str(log)], ["--from", str(log), "--attach", "vm"]):
+        result = CliRunner().invoke(build_app(), ["vq-trace", *args])
+        assert result.exit_code == 2 and "give one of" in result.output
+
+
+def test_attach_to_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDEV_RUN_DIR", str(tmp_path / "run"))
+    for spec, words in (
+        ("novm", "no running VM named 'novm'"),
+        (str(tmp_path / "none.sock"), "no such QMP socket"),
+        (str(_session_log(tmp_path)), "not a socket"),
+    ):
+        result = CliRunner().invoke(build_app(), ["vq-trace", "--attach", spec])
+        assert result.exit_code == 2, result.output
+        assert words in result.output and result.output.count("\n") == 1
+
+
+def test_attach_to_a_dead_socket(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "dead.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.close()  # the file stays, nobody listens: a QEMU that exited
+    result = CliRunner().invoke(build_app(), ["vq-trace", "--attach", str(path)])
+    assert result.exit_code == 1 and "nothing listens" in result.output
+
+
+def test_plots(tmp_path: Path) -> None:
+    out = tmp_path / "plot.png"
+    args = ["vq-trace", "--from", str(_session_log(tmp_path)), "--plot", "--plot-out", str(out)]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "latency" in result.stdout  # plotext's title
+    svg = tmp_path / "plot.svg"
+    args = ["vq-trace", "--from", str(_session_log(tmp_path)), "--plot-out", str(svg)]
+    assert CliRunner().invoke(build_app(), args).exit_code == 0
+    assert b"<svg" in svg.read_bytes()[:2000]
+    bad = CliRunner().invoke(build_app(), [*args[:3], "--plot-out", str(tmp_path / "p.jpg")])
+    assert bad.exit_code == 2 and "png or .svg" in bad.output
+    nothing = CliRunner().invoke(
+        build_app(), [*args[:3], "--filter", "handle=0x5", "--plot-out", str(out)]
+    )
+    assert nothing.exit_code == 1 and "nothing to plot" in nothing.output

@@ -193,4 +193,7 @@ def selftest(
 
 
 def register(root: typer.Typer) -> None:
+    from cdev.commands.session_list import list_sessions
+
+    app.command("list")(list_sessions)
     root.add_typer(app, name="session")

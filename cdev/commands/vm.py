@@ -103,6 +103,13 @@ def run(
     trace_out: Path | None = typer.Option(
         None, "--trace-out", metavar="FILE", help="Copy the trace log here after the run."
     ),
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        metavar="NAME",
+        help="Register the running VM under NAME, for `cdev vq-trace --attach NAME` "
+        "(default: the first free of vm, vm2, ...).",
+    ),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds the command may run."),
     verbose: bool = typer.Option(False, "--verbose", help="Kernel messages in the console log."),
     keep: bool = typer.Option(
@@ -119,8 +126,14 @@ def run(
     import os
 
     from cdev.vm.guest import UPSTREAM_VIRTIO_CRYPTO, Guest, GuestTimeout
+    from cdev.vm.registry import check_name
 
     argv = list(command or DEFAULT_COMMAND)
+    if name is not None:
+        check_name(name)
+    # SIGTERM/SIGHUP end the VM like Ctrl-C does: QEMU stopped, work dir and name freed.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     ports = [parse_port(p) for p in port]
     if keep:
         os.environ["CDEV_KEEP_VM"] = "1"
@@ -135,6 +148,7 @@ def run(
             trace=trace,
             progress=report,
             verbose=verbose,
+            name=name,
         )
         guest.start()
     err = Console(stderr=True, highlight=False)
@@ -144,6 +158,7 @@ def run(
             f"({guest.accel}, device: {'yes' if guest.cryptodev else 'no'}, "
             f"module: {_module_state(guest)})"
         )
+        err.print(f"vm: name {guest.name}, QMP {guest.qmp_socket}")
         for g, h in sorted(guest.ports.items()):
             err.print(f"vm: 127.0.0.1:{h} -> guest :{g}")
         if keep:
@@ -193,6 +208,38 @@ def demo(
     Console().print(table)
     if not all(st.ok for st in steps):
         raise typer.Exit(1)
+
+
+@vm_app.command("list")
+def list_vms(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show the running VMs started by cdev: name, QEMU pid, QMP socket, trace log.
+
+    Example: cdev vm list --json
+    """
+    import json
+    import time
+
+    from rich.table import Table
+
+    from cdev.vm.registry import running
+
+    vms = running()
+    if as_json:
+        print(json.dumps([vm.__dict__ for vm in vms], indent=2))
+        return
+    table = Table(title="running VMs")
+    for col in ("name", "pid", "up (s)", "QMP socket", "trace log"):
+        table.add_column(col)
+    for vm in vms:
+        up = f"{time.time() - vm.started:.0f}"
+        table.add_row(vm.name, str(vm.pid), up, vm.qmp, vm.trace_log)
+    Console().print(table)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _copy_trace(guest: Guest, dest: Path) -> None:

@@ -17,227 +17,65 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
+import importlib.resources
 import os
 import shlex
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from cdev.errors import CdevError, UnavailableError
-from cdev.vm.guest_kernel import GuestKernel, ensure_kernel
-
-ProgressFn = Callable[[str, float | None], None]
-Command = str | Sequence[str]
-
-QEMU_ENV = "CDEV_QEMU"
-ACCEL_ENV = "CDEV_ACCEL"
-CRYPTODEV_DEVICE = "virtio-cryptodev-pci"
-AGENT_PORT_NAME = "org.cdev.agent"
-GUEST_SLACK = 30.0  # extra seconds the host waits for the agent beyond a command's timeout
-_FRAME = struct.Struct(">I")
-MAX_FRAME = 256 << 20
-
-# Upstream paravirtual crypto, for side-by-side runs: Guest(extra_args=UPSTREAM_VIRTIO_CRYPTO).
-UPSTREAM_VIRTIO_CRYPTO: tuple[str, ...] = (
-    "-object",
-    "cryptodev-backend-builtin,id=cdevupstream0",
-    "-device",
-    "virtio-crypto-pci,id=crypto0,cryptodev=cdevupstream0",
+from cdev.vm import registry
+from cdev.vm.channel import (
+    GUEST_SLACK,
+    AgentChannel,
+    Command,
+    GuestError,
+    GuestProcess,
+    GuestTimeout,
+    RawResult,
+    RunResult,
+    argv_of,
+    text,
+)
+from cdev.vm.guest_kernel import GuestKernel, ProgressFn, ensure_kernel
+from cdev.vm.qemu_discovery import (
+    CRYPTODEV_DEVICE,
+    QEMU_ENV,
+    UPSTREAM_VIRTIO_CRYPTO,
+    firmware_dirs,
+    resolve_qemu,
+    supports_device,
 )
 
-AGENT_SOURCE = r"""
-# cdev guest agent: length-prefixed JSON frames over a virtio-serial port.
-import base64, glob, json, os, signal, struct, subprocess, sys, threading, time
+__all__ = [
+    "CRYPTODEV_DEVICE",
+    "GUEST_SLACK",
+    "QEMU_ENV",
+    "UPSTREAM_VIRTIO_CRYPTO",
+    "Guest",
+    "GuestError",
+    "GuestProcess",
+    "GuestTimeout",
+    "RawResult",
+    "RunResult",
+    "booted",
+]
 
-FRAME = struct.Struct(">I")
-PORT_NAME = sys.argv[1] if len(sys.argv) > 1 else "org.cdev.agent"
-
-
-def find_port():
-    for _ in range(200):
-        for name_file in glob.glob("/sys/class/virtio-ports/*/name"):
-            with open(name_file) as f:
-                if f.read().strip() == PORT_NAME:
-                    dev = "/dev/" + name_file.split("/")[-2]
-                    if os.path.exists(dev):
-                        return dev
-        time.sleep(0.05)
-    raise SystemExit("cdev agent: no virtio port " + PORT_NAME)
+ACCEL_ENV = "CDEV_ACCEL"
+AGENT_PORT_NAME = "org.cdev.agent"
 
 
-fd = os.open(find_port(), os.O_RDWR)
-wlock = threading.Lock()
-procs = {}
-
-
-def send(obj):
-    data = json.dumps(obj).encode()
-    data = FRAME.pack(len(data)) + data
-    with wlock:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-
-
-def read_exact(n):
-    chunks = []
-    while n:
-        b = os.read(fd, min(n, 1 << 20))
-        if not b:
-            time.sleep(0.05)  # host side not connected (yet): the port reads as EOF
-            continue
-        chunks.append(b)
-        n -= len(b)
-    return b"".join(chunks)
-
-
-def pump(stream, sink):
-    while True:
-        b = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
-        if not b:
-            break
-        sink.append(b)
-
-
-def run(req):
-    rid = req["id"]
-    argv = req["argv"]
-    env = req.get("env")
-    out, err = [], []
-    try:
-        p = subprocess.Popen(
-            argv, cwd=req.get("cwd") or "/", env=env, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        )
-    except OSError as exc:
-        msg = "cdev agent: %s: %s\n" % (argv[0], exc.strerror)
-        send({"id": rid, "type": "exit", "status": 127, "stdout": "", "timed_out": False,
-              "stderr": base64.b64encode(msg.encode()).decode()})
-        return
-    procs[rid] = p
-    send({"id": rid, "type": "started", "pid": p.pid})
-    readers = [threading.Thread(target=pump, args=(p.stdout, out), daemon=True),
-               threading.Thread(target=pump, args=(p.stderr, err), daemon=True)]
-    for t in readers:
-        t.start()
-    data = base64.b64decode(req.get("input") or "")
-    if data or not req.get("keep_stdin"):
-        try:
-            if data:
-                p.stdin.write(data)
-                p.stdin.flush()
-            if not req.get("keep_stdin"):
-                p.stdin.close()
-        except OSError:
-            pass
-    timeout = req.get("timeout")
-    timed_out = False
-    try:
-        status = p.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        status = p.wait()
-    for t in readers:
-        t.join(timeout=2.0)  # a background grandchild may hold the pipes open
-    procs.pop(rid, None)
-    send({"id": rid, "type": "exit", "status": status, "timed_out": timed_out,
-          "stdout": base64.b64encode(b"".join(out)).decode(),
-          "stderr": base64.b64encode(b"".join(err)).decode()})
-
-
-def handle(req):
-    op = req.get("op")
-    rid = req.get("id")
-    if op == "run":
-        threading.Thread(target=run, args=(req,), daemon=True).start()
-        return
-    p = procs.get(req.get("target"))
-    try:
-        if op == "stdin" and p is not None:
-            p.stdin.write(base64.b64decode(req["data"]))
-            p.stdin.flush()
-        elif op == "close_stdin" and p is not None:
-            p.stdin.close()
-        elif op == "signal" and p is not None:
-            os.killpg(p.pid, int(req["signal"]))
-        elif op == "ping":
-            pass
-        elif op == "sync":
-            os.sync()
-        send({"id": rid, "type": "ok"})
-    except (OSError, ValueError) as exc:
-        send({"id": rid, "type": "error", "error": str(exc)})
-
-
-def hello():
-    module = ""
-    try:
-        with open("/tmp/.cdev-module") as f:
-            module = f.read().strip()
-    except OSError:
-        pass
-    with open("/proc/uptime") as f:
-        uptime = float(f.read().split()[0])
-    send({"id": 0, "type": "hello", "uptime": uptime, "module_error": module,
-          "release": os.uname().release, "pid": os.getpid()})
-
-
-hello()
-while True:
-    (n,) = FRAME.unpack(read_exact(FRAME.size))
-    handle(json.loads(read_exact(n)))
-"""
-
-
-class RunResult(NamedTuple):
-    """A finished guest command: ``status, stdout, stderr = guest.run(...)``."""
-
-    status: int
-    stdout: str
-    stderr: str
-
-
-class RawResult(NamedTuple):
-    status: int
-    stdout: bytes
-    stderr: bytes
-
-
-class GuestError(CdevError):
-    """The guest failed to boot, hung, or stopped answering."""
-
-
-class GuestTimeout(GuestError):
-    """A guest command ran past its timeout (it was killed); partial output is attached."""
-
-    def __init__(self, message: str, result: RawResult) -> None:
-        super().__init__(message)
-        self.result = result
-
-
-def _argv(cmd: Command) -> list[str]:
-    if isinstance(cmd, str):
-        return ["/bin/sh", "-c", cmd]
-    argv = [str(a) for a in cmd]
-    if not argv:
-        raise CdevError("empty guest command")
-    return argv
+def agent_source() -> str:
+    """The guest agent (:mod:`cdev.vm.agent`), as the file the guest runs."""
+    return importlib.resources.files("cdev.vm").joinpath("agent.py").read_text()
 
 
 def _free_port() -> int:
@@ -245,118 +83,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def resolve_qemu(qemu: Path | str | None = None, progress: ProgressFn | None = None) -> Path:
-    """The QEMU binary: explicit path, ``$CDEV_QEMU``, or our build (``ensure_qemu()``)."""
-    chosen = qemu or os.environ.get(QEMU_ENV)
-    if chosen:
-        path = Path(chosen)
-        if not path.is_file():
-            found = shutil.which(str(chosen))
-            if not found:
-                raise UnavailableError(f"QEMU binary not found: {chosen}")
-            path = Path(found)
-        return path.resolve()
-    try:
-        from cdev.vm import qemu_build
-    except ImportError as exc:  # pragma: no cover - only while the build module is missing
-        raise UnavailableError(
-            f"cannot build QEMU ({exc}); pass --qemu or set {QEMU_ENV}"
-        ) from None
-    return qemu_build.ensure_qemu(progress)
-
-
-def firmware_dirs() -> list[Path]:
-    try:
-        from cdev.vm import qemu_build
-
-        return list(qemu_build.firmware_dirs())
-    except ImportError:  # pragma: no cover
-        dirs = (Path("/usr/share/seabios"), Path("/usr/share/qemu"))
-        return [d for d in dirs if d.is_dir()]
-
-
-_device_cache: dict[tuple[str, int], str] = {}
-
-
-def qemu_devices(qemu: Path) -> str:
-    """``qemu -device help`` output (cached per binary and mtime)."""
-    key = (str(qemu), qemu.stat().st_mtime_ns)
-    if key not in _device_cache:
-        try:
-            proc = subprocess.run(
-                [str(qemu), "-nodefaults", "-machine", "none", "-device", "help"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise UnavailableError(f"cannot run {qemu}: {exc}") from None
-        _device_cache[key] = proc.stdout + proc.stderr
-    return _device_cache[key]
-
-
-def supports_device(qemu: Path, device: str) -> bool:
-    return f'name "{device}"' in qemu_devices(qemu)
-
-
-@dataclass
-class _Pending:
-    event: threading.Event = field(default_factory=threading.Event)
-    started: threading.Event = field(default_factory=threading.Event)
-    reply: dict[str, Any] | None = None
-    guest_pid: int | None = None
-
-
-class GuestProcess:
-    """A command running in the background in the guest (see :meth:`Guest.spawn`)."""
-
-    def __init__(self, guest: Guest, rid: int, pending: _Pending, argv: list[str]) -> None:
-        self._guest = guest
-        self._rid = rid
-        self._pending = pending
-        self.argv = argv
-
-    @property
-    def pid(self) -> int | None:
-        """The guest-side pid, once started."""
-        self._pending.started.wait(timeout=GUEST_SLACK)
-        return self._pending.guest_pid
-
-    def poll(self) -> int | None:
-        reply = self._pending.reply
-        return int(reply["status"]) if reply and reply.get("type") == "exit" else None
-
-    def write(self, data: bytes | str) -> None:
-        raw = data.encode() if isinstance(data, str) else data
-        self._guest._control("stdin", self._rid, data=base64.b64encode(raw).decode())
-
-    def close_stdin(self) -> None:
-        self._guest._control("close_stdin", self._rid)
-
-    def send_signal(self, sig: int = signal.SIGTERM) -> None:
-        """Signal the process group in the guest."""
-        if self.poll() is None:
-            self._guest._control("signal", self._rid, signal=int(sig))
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    def wait_raw(self, timeout: float | None = None) -> RawResult:
-        return self._guest._await(self._rid, self._pending, timeout, self.argv)
-
-    def wait(self, timeout: float | None = None) -> RunResult:
-        raw = self.wait_raw(timeout)
-        return RunResult(raw.status, _text(raw.stdout), _text(raw.stderr))
-
-
-def _text(b: bytes) -> str:
-    return b.decode("utf-8", errors="replace")
 
 
 class Guest:
@@ -368,7 +94,9 @@ class Guest:
     insmod at boot (None: build ``kernel/`` if needed; False: none). ``extra_args`` go to
     QEMU as they are (e.g. :data:`UPSTREAM_VIRTIO_CRYPTO`), ``kernel_args`` are appended to
     the guest kernel's command line, ``trace`` are QEMU trace-event patterns (e.g.
-    ``"virtio_cryptodev_*"``) logged to :attr:`trace_log`.
+    ``"virtio_cryptodev_*"``) logged to :attr:`trace_log` from the start (``cdev vq-trace
+    --attach`` switches them at run time). ``name`` registers the running guest (see
+    :mod:`cdev.vm.registry`; None: the first free of ``vm``, ``vm2``, ...).
     """
 
     def __init__(
@@ -389,6 +117,7 @@ class Guest:
         boot_timeout: float = 180.0,
         progress: ProgressFn | None = None,
         verbose: bool = False,
+        name: str | None = None,
     ) -> None:
         self._qemu_arg = qemu
         self._kernel_version = kernel_version
@@ -405,6 +134,8 @@ class Guest:
         self.boot_timeout = boot_timeout
         self._progress = progress
         self.verbose = verbose
+        self._name_req = registry.check_name(name) if name else None
+        self.record: registry.VmRecord | None = None
 
         self.qemu: Path | None = None
         self.kernel: GuestKernel | None = None
@@ -419,15 +150,7 @@ class Guest:
         self.release = ""
         self._tmp: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._sock: socket.socket | None = None
-        self._reader: threading.Thread | None = None
-        self._pending: dict[int, _Pending] = {}
-        self._lock = threading.Lock()
-        self._send_lock = threading.Lock()
-        self._next_id = 1
-        self._dead: str | None = None
-        self._hello = threading.Event()
-        self._hello_msg: dict[str, Any] = {}
+        self._channel: AgentChannel | None = None
 
     # -- paths ---------------------------------------------------------------------------
     @property
@@ -448,13 +171,20 @@ class Guest:
 
     @property
     def trace_log(self) -> Path:
-        """QEMU's trace output (``-D``), when ``trace`` patterns were given."""
+        """QEMU's log (``-D``): trace events, once some are enabled (timestamped)."""
         return self.workdir / "trace.log"
 
     @property
     def qmp_socket(self) -> Path:
         """QEMU's QMP control socket (a Unix socket; e.g. for the ``qemu.qmp`` client)."""
         return self.workdir / "qmp.sock"
+
+    @property
+    def name(self) -> str:
+        """The name this running guest is registered under (``--attach NAME``)."""
+        if self.record is None:
+            raise GuestError("guest not started")
+        return self.record.name
 
     @property
     def qemu_pid(self) -> int:
@@ -558,9 +288,9 @@ class Guest:
             argv += ["-device", CRYPTODEV_DEVICE]
         for pattern in self.trace:
             argv += ["-trace", f"enable={pattern}"]
-        if self.trace:
-            # Timestamps let cdev vq-trace measure per-request latency.
-            argv += ["-D", str(self.trace_log), "-msg", "timestamp=on"]
+        # Always: events switched on later over QMP land in a known file, timestamped so
+        # that cdev vq-trace can measure per-request latency.
+        argv += ["-D", str(self.trace_log), "-msg", "timestamp=on"]
         return argv + self.extra_args
 
     def _cmdline(self) -> str:
@@ -608,7 +338,7 @@ class Guest:
             (self.workdir / s).mkdir()
         os.chmod(self.shared_dir, 0o1777)
         (self.shared_dir / ".cdev" / "boot.env").write_text(self._boot_env())
-        (self.shared_dir / ".cdev" / "agent.py").write_text(AGENT_SOURCE)
+        (self.shared_dir / ".cdev" / "agent.py").write_text(agent_source())
         for host, guest in self._ports_req:
             self.ports[int(guest)] = int(host) or _free_port()
 
@@ -634,11 +364,19 @@ class Guest:
             raise UnavailableError(f"cannot run {self.qemu}: {exc.strerror}") from None
         finally:
             qlog.close()
+        self.record = registry.register(
+            self._name_req,
+            pid=self._proc.pid,
+            qmp=self.qmp_socket,
+            trace_log=self.trace_log,
+            workdir=self.workdir,
+        )
         listener.settimeout(0.2)
+        sock: socket.socket | None = None
         try:
-            while self._sock is None:
+            while sock is None:
                 try:
-                    self._sock, _ = listener.accept()
+                    sock, _ = listener.accept()
                 except TimeoutError:
                     if self._proc.poll() is not None:
                         raise GuestError(self._death_message("QEMU exited at startup")) from None
@@ -646,21 +384,21 @@ class Guest:
                         raise GuestError("QEMU never connected the agent port") from None
         finally:
             listener.close()
-        self._sock.settimeout(None)
-        self._reader = threading.Thread(target=self._read_loop, name="cdev-guest", daemon=True)
-        self._reader.start()
+        sock.settimeout(None)
+        self._channel = AgentChannel(sock, self._dead_reason, f" (console: {self.console_log})")
         deadline = t0 + self.boot_timeout
-        while not self._hello.wait(0.2):
-            if self._dead or self._proc.poll() is not None:
+        while not self._channel.hello.wait(0.2):
+            if self._channel.dead or self._proc.poll() is not None:
                 raise GuestError(self._death_message("guest stopped during boot"))
             if time.monotonic() > deadline:
                 raise GuestError(
                     self._death_message(f"guest did not come up within {self.boot_timeout:.0f} s")
                 )
         self.boot_seconds = time.monotonic() - t0
-        self.guest_uptime = float(self._hello_msg.get("uptime", 0.0))
-        self.module_error = str(self._hello_msg.get("module_error", ""))
-        self.release = str(self._hello_msg.get("release", ""))
+        hello = self._channel.hello_msg
+        self.guest_uptime = float(hello.get("uptime", 0.0))
+        self.module_error = str(hello.get("module_error", ""))
+        self.release = str(hello.get("release", ""))
         self._say(f"guest up in {self.boot_seconds:.1f} s ({self.accel})", 1.0)
 
     def _death_message(self, what: str) -> str:
@@ -684,95 +422,27 @@ class Guest:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        self._dead = self._dead or "guest closed"
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-            self._sock.close()
-            self._sock = None
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-            self._reader = None
-        self._fail_pending()
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
+        if self.record is not None:
+            with contextlib.suppress(CdevError):
+                registry.unregister(self.record)
         if self._tmp is not None and not os.environ.get("CDEV_KEEP_VM"):
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
-    # -- channel ---------------------------------------------------------------------------
-    def _read_loop(self) -> None:
-        sock = self._sock
-        assert sock is not None
-        try:
-            while True:
-                head = _recv_exact(sock, _FRAME.size)
-                (n,) = _FRAME.unpack(head)
-                if n > MAX_FRAME:
-                    raise GuestError(f"agent frame too large ({n} bytes)")
-                msg = json.loads(_recv_exact(sock, n))
-                self._dispatch(msg)
-        except (OSError, EOFError, ValueError, GuestError) as exc:
-            self._dead = self._dead or f"agent channel closed ({exc or type(exc).__name__})"
-        self._fail_pending()
-
-    def _dispatch(self, msg: dict[str, Any]) -> None:
-        kind = msg.get("type")
-        if kind == "hello":
-            self._hello_msg = msg
-            self._hello.set()
-            return
-        with self._lock:
-            pending = self._pending.get(int(msg.get("id", -1)))
-        if pending is None:
-            return
-        if kind == "started":
-            pending.guest_pid = int(msg["pid"])
-            pending.started.set()
-            return
-        pending.reply = msg
-        pending.started.set()
-        pending.event.set()
-
-    def _fail_pending(self) -> None:
-        with self._lock:
-            for p in self._pending.values():
-                p.started.set()
-                p.event.set()
-
-    def _send(self, msg: dict[str, Any]) -> None:
-        if self._dead or self._sock is None:
-            raise GuestError(self._dead_reason())
-        data = json.dumps(msg).encode()
-        with self._send_lock:
-            try:
-                self._sock.sendall(_FRAME.pack(len(data)) + data)
-            except OSError as exc:
-                raise GuestError(f"cannot reach the guest agent: {exc}") from None
-
-    def _dead_reason(self) -> str:
-        why = self._dead or "guest not started"
+    # -- commands ------------------------------------------------------------------------
+    def _dead_reason(self, why: str = "guest not started") -> str:
         if self._tmp is not None and self._proc is not None and self._proc.poll() is not None:
             return self._death_message(f"QEMU exited ({self._proc.returncode}): {why}")
         return why
 
-    def _new(self) -> tuple[int, _Pending]:
-        with self._lock:
-            rid = self._next_id
-            self._next_id += 1
-            pending = _Pending()
-            self._pending[rid] = pending
-        return rid, pending
-
-    def _control(self, op: str, target: int, **kw: Any) -> None:
-        rid, pending = self._new()
-        try:
-            self._send({"op": op, "id": rid, "target": target, **kw})
-            if not pending.event.wait(GUEST_SLACK) or pending.reply is None:
-                raise GuestError(f"guest agent did not answer {op}: {self._dead_reason()}")
-            if pending.reply.get("type") == "error":
-                raise GuestError(f"guest {op} failed: {pending.reply.get('error')}")
-        finally:
-            with self._lock:
-                self._pending.pop(rid, None)
+    @property
+    def channel(self) -> AgentChannel:
+        if self._channel is None:
+            raise GuestError("guest not started")
+        return self._channel
 
     def _env(self, env: Mapping[str, str] | None) -> dict[str, str]:
         venv_bin = str(Path(sys.prefix) / "bin")
@@ -806,53 +476,19 @@ class Guest:
         The guest kills it after ``timeout`` seconds (None: never). With ``keep_stdin`` its
         stdin stays open for :meth:`GuestProcess.write`. cwd defaults to the project root.
         """
-        argv = _argv(cmd)
         raw_in = input.encode() if isinstance(input, str) else (input or b"")
-        rid, pending = self._new()
-        msg = {
-            "op": "run",
-            "id": rid,
-            "argv": argv,
-            "env": self._env(env),
-            "cwd": str(cwd or _project_root()),
-            "timeout": timeout,
-            "input": base64.b64encode(raw_in).decode(),
-            "keep_stdin": keep_stdin,
-        }
-        try:
-            self._send(msg)
-        except BaseException:
-            with self._lock:
-                self._pending.pop(rid, None)
-            raise
-        return GuestProcess(self, rid, pending, argv)
+        return self.channel.spawn(
+            {
+                "argv": argv_of(cmd),
+                "env": self._env(env),
+                "cwd": str(cwd or _project_root()),
+                "timeout": timeout,
+                "input": base64.b64encode(raw_in).decode(),
+                "keep_stdin": keep_stdin,
+            }
+        )
 
     popen = spawn  # subprocess-style name
-
-    def _await(
-        self, rid: int, pending: _Pending, timeout: float | None, argv: list[str]
-    ) -> RawResult:
-        wait = None if timeout is None else timeout + GUEST_SLACK
-        ok = pending.event.wait(wait)
-        reply = pending.reply
-        if not ok or reply is None or reply.get("type") != "exit":
-            if ok or self._dead:
-                raise GuestError(f"{shlex.join(argv)}: {self._dead_reason()}")
-            raise GuestError(
-                f"{shlex.join(argv)}: guest agent gave no answer {wait:.0f} s "
-                "after the command's timeout; the guest looks hung "
-                f"(console: {self.console_log})"
-            )
-        with self._lock:
-            self._pending.pop(rid, None)
-        raw = RawResult(
-            int(reply["status"]),
-            base64.b64decode(reply.get("stdout") or ""),
-            base64.b64decode(reply.get("stderr") or ""),
-        )
-        if reply.get("timed_out"):
-            raise GuestTimeout(f"{shlex.join(argv)}: timed out in the guest after {timeout} s", raw)
-        return raw
 
     def run_bytes(
         self,
@@ -883,14 +519,14 @@ class Guest:
         outlives ``timeout`` and, with ``check``, :class:`GuestError` on a non-zero status.
         """
         raw = self.run_bytes(cmd, timeout, input=input, env=env, cwd=cwd)
-        res = RunResult(raw.status, _text(raw.stdout), _text(raw.stderr))
+        res = RunResult(raw.status, text(raw.stdout), text(raw.stderr))
         if check and res.status != 0:
             last = (res.stderr.strip().splitlines() or ["no stderr"])[-1]
-            raise GuestError(f"{shlex.join(_argv(cmd))}: exit {res.status}: {last}")
+            raise GuestError(f"{shlex.join(argv_of(cmd))}: exit {res.status}: {last}")
         return res
 
     def ping(self) -> None:
-        self._control("ping", 0)
+        self.channel.control("ping", 0)
 
 
 def _die_with_parent() -> None:
@@ -907,16 +543,6 @@ def _die_with_parent() -> None:
 
 def _project_root() -> Path:
     return Path(__file__).resolve().parents[2]
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(min(n - len(buf), 1 << 20))
-        if not chunk:
-            raise EOFError("agent closed the channel")
-        buf += chunk
-    return bytes(buf)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@
 
 #include "qemu/thread.h"
 #include "hw/virtio/virtio_cryptodev.h"
+#include "hw/virtio/virtio-cryptodev-stats.h"
 
 typedef struct VcdSession {
     uint32_t id;
@@ -25,6 +26,8 @@ typedef struct VcdSession {
     QemuMutex lock;
     /* The engine's own state for this session. */
     void *priv;
+    /* Main loop only: for the "handles" QOM property. */
+    VcdUseStats use;
 } VcdSession;
 
 /* One checked CRYPT: host buffers of the sizes the request path verified. */

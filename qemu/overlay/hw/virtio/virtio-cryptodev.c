@@ -34,11 +34,13 @@
 
 #include "qemu/osdep.h"
 #include "qapi/error.h"
+#include "qapi/visitor.h"
 #include "qemu/cutils.h"
 #include "qemu/iov.h"
 #include "qemu/module.h"
 #include "qemu/main-loop.h"
 #include "qemu/thread.h"
+#include "qemu/timer.h"
 #include "qemu/error-report.h"
 #include "block/aio.h"
 #include "block/aio-wait.h"
@@ -64,6 +66,7 @@ struct VcdHandle {
     uint32_t id;
     /* session id -> VcdSession *, holding the table's reference */
     GHashTable *sessions;
+    VcdUseStats use;
 };
 
 /* One popped element; VirtQueueElement must stay first for virtqueue_pop(). */
@@ -229,11 +232,22 @@ static void vcd_finish(VirtIOCryptodev *vcd, VcdRequest *r,
 {
     unsigned used = 0;
 
+    uint32_t status = le32_to_cpu(resp->status);
+    VcdHandle *h = vcd_handle_lookup(vcd, r->req.handle);
+    uint32_t len = r->req.type == VCD_CALL_IOCTL &&
+                   r->req.cmd == VCD_CMD_CRYPT ? r->req.len : 0;
+
     trace_virtio_cryptodev_response(vcd, r->seq, r->req.type, r->req.cmd,
-                                    r->req.handle, r->req.session,
-                                    le32_to_cpu(resp->status),
+                                    r->req.handle, r->req.session, status,
                                     le32_to_cpu(resp->handle),
                                     le32_to_cpu(resp->session));
+    vcd_stats_answered(&vcd->stats, r->req.type, r->req.cmd, len, status);
+    if (h) {
+        vcd_use_stats_add(&h->use, len, status);
+    }
+    if (r->ses) {
+        vcd_use_stats_add(&r->ses->use, len, status);
+    }
     /* Without room for a response the guest can only see a zero length. */
     if (r->in_size >= sizeof(*resp)) {
         iov_from_buf(r->elem.in_sg, r->elem.in_num,
@@ -379,6 +393,7 @@ static uint32_t vcd_open(VirtIOCryptodev *vcd, VcdRequest *r,
     vcd->handle_gen[slot] = (vcd->handle_gen[slot] + 1) & 0x7fff;
     h->id = ((uint32_t)vcd->handle_gen[slot] << VCD_HANDLE_SLOT_BITS) |
             (slot + 1);
+    vcd_use_stats_init(&h->use);
     vcd->handles[slot] = h;
     vcd->nhandles++;
     resp->handle = cpu_to_le32(h->id);
@@ -444,6 +459,7 @@ static uint32_t vcd_session_create(VirtIOCryptodev *vcd, VcdHandle *h,
     if (!ses) {
         return VCD_S_NOMEM;
     }
+    vcd_use_stats_init(&ses->use);
     /* Unguessable, unique within the handle, never 0. */
     do {
         ses->id = g_random_int();
@@ -573,6 +589,7 @@ static VcdCryptFate vcd_crypt_run(VirtIOCryptodev *vcd, VcdSession *ses,
         return VCD_CRYPT_ANSWERED;
     }
     vcd->inflight++;
+    vcd->stats.worker++;
     thread_pool_submit_aio(aio_get_thread_pool(qemu_get_aio_context()),
                            vcd_crypt_worker, r, vcd_crypt_done, r);
     return VCD_CRYPT_QUEUED;
@@ -700,6 +717,8 @@ static bool vcd_handle_request(VirtIOCryptodev *vcd, VcdRequest *r)
         q->type = UINT32_MAX;
         trace_virtio_cryptodev_request(vcd, r->seq, q->type, 0, 0, 0, 0, 0,
                                        out_size, r->in_size);
+        trace_virtio_cryptodev_chain(vcd, r->seq, r->elem.out_num,
+                                     r->elem.in_num, 0, 0);
         st = VCD_S_BADMSG;
         goto out;
     }
@@ -719,6 +738,8 @@ static bool vcd_handle_request(VirtIOCryptodev *vcd, VcdRequest *r)
     trace_virtio_cryptodev_request(vcd, r->seq, q->type, q->cmd, q->handle,
                                    q->session, q->op, q->len, out_size,
                                    r->in_size);
+    trace_virtio_cryptodev_chain(vcd, r->seq, r->elem.out_num, r->elem.in_num,
+                                 q->cipher, q->mac);
 
     if (r->in_size < sizeof(resp)) {
         st = VCD_S_BADMSG;
@@ -966,6 +987,88 @@ static const VMStateDescription vmstate_virtio_cryptodev = {
     .unmigratable = 1,
 };
 
+/* QOM "stats": the counters (virtio-cryptodev-stats.h). */
+static void vcd_get_stats(Object *obj, Visitor *v, const char *name,
+                          void *opaque, Error **errp)
+{
+    VirtIOCryptodev *vcd = VIRTIO_CRYPTODEV(obj);
+
+    vcd_stats_visit(v, name, &vcd->stats, vcd->inflight, vcd->nhandles,
+                    vcd->nsessions, errp);
+}
+
+static bool vcd_visit_session(Visitor *v, VcdSession *ses, int64_t now,
+                              Error **errp)
+{
+    uint64_t id = ses->id, cipher = ses->cipher, mac = ses->mac;
+    bool ok;
+
+    if (!visit_start_struct(v, NULL, NULL, 0, errp)) {
+        return false;
+    }
+    ok = visit_type_uint64(v, "session", &id, errp) &&
+         visit_type_uint64(v, "cipher", &cipher, errp) &&
+         visit_type_uint64(v, "mac", &mac, errp) &&
+         vcd_use_stats_visit(v, &ses->use, now, errp) &&
+         visit_check_struct(v, errp);
+    visit_end_struct(v, NULL);
+    return ok;
+}
+
+static bool vcd_visit_handle(Visitor *v, VcdHandle *h, int64_t now,
+                             Error **errp)
+{
+    uint64_t id = h->id;
+    GHashTableIter it;
+    gpointer ses;
+    bool ok;
+
+    if (!visit_start_struct(v, NULL, NULL, 0, errp)) {
+        return false;
+    }
+    ok = visit_type_uint64(v, "handle", &id, errp) &&
+         vcd_use_stats_visit(v, &h->use, now, errp) &&
+         visit_start_list(v, "sessions", NULL, 0, errp);
+    if (ok) {
+        g_hash_table_iter_init(&it, h->sessions);
+        while (ok && g_hash_table_iter_next(&it, NULL, &ses)) {
+            ok = vcd_visit_session(v, ses, now, errp);
+        }
+        if (ok) {
+            ok = visit_check_list(v, errp);
+        }
+        visit_end_list(v, NULL);
+    }
+    if (ok) {
+        ok = visit_check_struct(v, errp);
+    }
+    visit_end_struct(v, NULL);
+    return ok;
+}
+
+/* QOM "handles": every open handle and its sessions. */
+static void vcd_get_handles(Object *obj, Visitor *v, const char *name,
+                            void *opaque, Error **errp)
+{
+    VirtIOCryptodev *vcd = VIRTIO_CRYPTODEV(obj);
+    int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+    bool ok = true;
+    unsigned slot;
+
+    if (!visit_start_list(v, name, NULL, 0, errp)) {
+        return;
+    }
+    for (slot = 0; ok && slot < VCD_MAX_HANDLES; slot++) {
+        if (vcd->handles[slot]) {
+            ok = vcd_visit_handle(v, vcd->handles[slot], now, errp);
+        }
+    }
+    if (ok) {
+        visit_check_list(v, errp);
+    }
+    visit_end_list(v, NULL);
+}
+
 static Property virtio_cryptodev_properties[] = {
     DEFINE_PROP_STRING("engine", VirtIOCryptodev, engine_prop),
     /* Crypt requests up to this many bytes run inline, larger on workers. */
@@ -996,6 +1099,10 @@ static void virtio_cryptodev_class_init(ObjectClass *klass, void *data)
     vdc->get_features = vcd_get_features;
     vdc->get_config = vcd_get_config;
     vdc->reset = vcd_reset;
+    object_class_property_add(klass, "stats", "VirtioCryptodevStats",
+                              vcd_get_stats, NULL, NULL, NULL);
+    object_class_property_add(klass, "handles", "VirtioCryptodevHandles",
+                              vcd_get_handles, NULL, NULL, NULL);
 }
 
 static const TypeInfo virtio_cryptodev_info = {

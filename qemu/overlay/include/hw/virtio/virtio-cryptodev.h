@@ -13,6 +13,7 @@
 
 #include "hw/virtio/virtio.h"
 #include "hw/virtio/virtio_cryptodev.h"
+#include "hw/virtio/virtio-cryptodev-stats.h"
 #include "qom/object.h"
 
 #define TYPE_VIRTIO_CRYPTODEV "virtio-cryptodev-device"
@@ -46,6 +47,9 @@ struct VirtIOCryptodev {
     /* Live sessions and MAC sessions, against the budgets above. */
     unsigned nsessions;
     unsigned nhash;
+
+    /* Main loop only; read by the "stats" and "handles" QOM properties. */
+    VcdStats stats;
 };
 
 #endif
