@@ -18,6 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from cdev import pkcs7
 from cdev.errors import IntegrityError
 from cdev.keys import hkdf
 from cdev.provider import AES_BLOCK, AES_CBC, HMAC_SHA256, HMAC_SHA256_SIZE, Provider, Session
@@ -93,16 +94,11 @@ def transcript(*hellos: bytes) -> bytes:
     return h.digest()
 
 
-def pad(data: bytes) -> bytes:
-    n = AES_BLOCK - len(data) % AES_BLOCK
-    return data + bytes([n]) * n
-
-
 def unpad(data: bytes) -> bytes:
-    n = data[-1] if data else 0
-    if not 1 <= n <= AES_BLOCK or data[-n:] != bytes([n]) * n:
-        raise IntegrityError("record has bad padding after a valid MAC (peer bug)")
-    return data[:-n]
+    try:
+        return pkcs7.unpad(data)
+    except pkcs7.PaddingError:
+        raise IntegrityError("record has bad padding after a valid MAC (peer bug)") from None
 
 
 class _Keys:
@@ -138,7 +134,7 @@ class Sealer:
     def seal(self, rtype: int, plaintext: bytes) -> bytes:
         iv = os.urandom(IV_SIZE)
         head = SEQ.pack(self.seq) + iv
-        ct = self._keys.cipher.encrypt(pad(plaintext), iv)
+        ct = self._keys.cipher.encrypt(pkcs7.pad(plaintext), iv)
         # The record type and sequence number are under the MAC: a GOODBYE cannot be forged
         # from a DATA record and records cannot be replayed or reordered unnoticed.
         tag = self._keys.macer.mac(bytes([rtype]) + head + ct)
