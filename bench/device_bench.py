@@ -12,6 +12,8 @@ over time, so only figures from the same boot and round are compared):
 - ``software``: OpenSSL in the guest process (the cdev ``software`` provider).
 
 Usage: python bench/device_bench.py [--seconds 1.0] [--rounds 3] [--out docs/benchmarks/device.md]
+       [--json FILE] [--plot-out FILE.png]; python bench/device_bench.py --from-json FILE
+(--out also draws the figure next to the markdown, as .png)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 SIZES = (64, 256, 1024, 4096, 16384, 65536)
 KEY = bytes(range(16))
@@ -160,8 +163,56 @@ def on_host(args: argparse.Namespace) -> None:
     lines += ["", "Raw samples (ops/s per round):", "", "```", json.dumps(ops, indent=1), "```", ""]
     text = "\n".join(lines)
     print(text)
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "conditions": f"{accel.upper()} guest, {_cpu_model()}, {os.cpu_count()} cores, "
+        f"{args.rounds} rounds of {args.seconds:g} s, median and range",
+        "cpu_driver": data["cpu_driver"],
+        "ops": ops,
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(text)
+    plot_out = args.plot_out or (Path(args.out).with_suffix(".png") if args.out else None)
+    if plot_out:
+        import figures
+
+        figures.draw(result, plot_out, plot)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Ops/s and MB/s against request size per contender, log axes: median, min-max band."""
+    import figures
+
+    ops: dict[str, dict[str, list[float]]] = result["ops"]
+    fig, (left, right) = figures.new(
+        2, f"AES-128-CBC in the guest, one request at a time, {result['date']}\n"
+        f"{result['conditions']}"
+    )  # fmt: skip
+    for i, (name, by_size) in enumerate(ops.items()):
+        sizes = sorted(int(s) for s in by_size)
+        samples = [[float(v) for v in by_size[str(s)]] for s in sizes]
+        colour = figures.COLOURS[i % 10]
+        for ax, scale in ((left, [1.0] * len(sizes)), (right, [s / 1e6 for s in sizes])):
+            med = [statistics.median(v) * k for v, k in zip(samples, scale, strict=True)]
+            ax.plot(sizes, med, marker="o", color=colour, label=name)
+            ax.fill_between(sizes, [min(v) * k for v, k in zip(samples, scale, strict=True)],
+                            [max(v) * k for v, k in zip(samples, scale, strict=True)],
+                            color=colour, alpha=0.15)  # fmt: skip
+    every = sorted({int(s) for by_size in ops.values() for s in by_size})
+    for ax, ylabel in ((left, "requests/s (ops/s)"), (right, "throughput (MB/s, 10^6 B/s)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(every, [figures.size_label(n) for n in every])
+        ax.minorticks_off()
+        ax.set_yscale("log")
+        ax.set_xlabel("request size (log scale)")
+        ax.set_ylabel(ylabel + ", log scale")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    left.set_title("operations per second", fontsize=10)
+    right.set_title("throughput", fontsize=10)
+    figures.save(fig, path)
 
 
 def main() -> None:
@@ -169,8 +220,17 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="")
+    ap.add_argument("--json", default="", help="also write the results as JSON here")
     ap.add_argument("--in-guest", action="store_true", help=argparse.SUPPRESS)
+    if not ap.parse_known_args()[0].in_guest:
+        import figures  # host only: the guest runs this file without bench/ around it
+
+        figures.add_options(ap)
     args = ap.parse_args()
+    if getattr(args, "from_json", None):
+        import figures
+
+        sys.exit(figures.from_json(args, plot))
     if args.in_guest:
         in_guest(args.seconds, args.rounds)
     else:
