@@ -36,6 +36,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import figures
 import psutil
 
 from cdev.chat import crypto
@@ -443,6 +445,52 @@ def idle_rss(kind: str, peers: int, workers: int) -> dict[str, Any]:
     }
 
 
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Deliveries/s and p50/p99 latency per contender: median of the rounds, range whiskers."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for run in report["runs"]:
+        by.setdefault(str(run["contender"]), []).append(run)
+    if not by:
+        raise ValueError("no runs")
+    names = list(by)
+    m, a = report["machine"], report["args"]
+    title = (
+        f"chat broker: {a['peers']} peers x {a['messages']} messages of 64 B, "
+        f"{a['workers']} generator processes, {len(by[names[0]])} round(s), {m['date']}\n"
+        f"{m['cpu']}, {m['cpus']} CPUs, Linux {m['kernel']}, Python {m['python']}; "
+        "bars: median, whiskers: range of the rounds"
+    )
+    fig, (left, right) = figures.new(2, title)
+
+    def stat(key: str, scale: float = 1.0) -> tuple[list[float], list[float], list[float]]:
+        values = [[float(r[key]) * scale for r in by[n]] for n in names]
+        return ([statistics.median(v) for v in values], [min(v) for v in values],
+                [max(v) for v in values])  # fmt: skip
+
+    med, lo, hi = stat("deliveries_per_s", 1e-3)
+    figures.bars(left, names, med, low=lo, high=hi, ylabel="deliveries/s (thousands)",
+                 title="throughput (higher is better)", fmt="{:,.0f}k")  # fmt: skip
+    width = 0.38
+    xs = range(len(names))
+    for k, (key, hatch) in enumerate((("p50_ms", ""), ("p99_ms", "//"))):
+        med, lo, hi = stat(key, 1e-3)
+        err = [[v - x for v, x in zip(med, lo, strict=True)],
+               [x - v for v, x in zip(med, hi, strict=True)]]  # fmt: skip
+        pos = [x + (k - 0.5) * width for x in xs]
+        drawn = right.bar(pos, med, width, yerr=err, capsize=3, hatch=hatch, edgecolor="white",
+                          color=[figures.COLOURS[i % 10] for i in xs],
+                          label=key.split("_")[0])  # fmt: skip
+        right.bar_label(drawn, labels=[f"{v:.1f}" for v in med], label_type="center",
+                        fontsize=8, bbox={"boxstyle": "round,pad=0.2", "fc": "white",
+                                          "ec": "none"})  # fmt: skip
+    right.set_xticks(list(xs), names, rotation=25, ha="right", fontsize=8)
+    right.set_ylabel("send-to-delivery latency (s)")
+    right.set_title("latency p50 (plain) and p99 (hatched), lower is better", fontsize=10)
+    right.grid(True, axis="y", alpha=0.3)
+    right.set_axisbelow(True)
+    figures.save(fig, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peers", type=int, default=200)
@@ -453,7 +501,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--no-nats", dest="nats", action="store_false", help="skip the NATS runs")
     ap.add_argument("--no-idle", dest="idle", action="store_false", help="skip idle RSS")
+    figures.add_options(ap)
     args = ap.parse_args()
+    if args.from_json:
+        sys.exit(figures.from_json(args, plot))
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     kinds = ["cdev-plain", "cdev-encrypted"]
@@ -489,12 +540,16 @@ def main() -> None:
         print(json.dumps(r), flush=True)
     report = {
         "machine": machine,
-        "args": vars(args) | {"json": str(args.json)},
+        "args": vars(args)
+        | {"json": str(args.json), "plot_out": str(args.plot_out), "from_json": None},
         "runs": runs,
         "idle": idle,
     }
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+    plot_out = args.plot_out or (args.json.with_suffix(".png") if args.json else None)
+    if plot_out:
+        figures.draw(report, plot_out, plot)
 
 
 if __name__ == "__main__":
