@@ -12,6 +12,9 @@ in the page cache (warm, no writeback), and cdev's own fsync of its output is fr
 as it is not for the contenders on a disk.
 
     .venv/bin/python bench/crypt_bench.py --size 1G --repeats 5 --markdown out.md
+
+--markdown also draws the figure next to it (.png; --plot-out FILE.png to choose), and
+``--from-json FILE`` redraws it from results saved with ``--json`` without running anything.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import figures
 
 GNU_TIME = "/usr/bin/time"
 CDEV = str(Path(sys.executable).with_name("cdev"))
@@ -111,19 +117,25 @@ def main() -> None:
     ap.add_argument("--dir", default="/dev/shm", help="where the work directory is made")
     ap.add_argument("--markdown", help="append the result table to this file")
     ap.add_argument("--json", help="write all runs as JSON to this file")
+    figures.add_options(ap)
     args = ap.parse_args()
+    if args.from_json:
+        sys.exit(figures.from_json(args, plot))
     for tool in ("age", "age-keygen", GNU_TIME, "cp"):
         if not shutil.which(tool):
             raise SystemExit(f"crypt_bench: {tool} is missing (scripts/bootstrap installs it)")
     size = parse_size(args.size)
     work = Path(tempfile.mkdtemp(prefix="cdev-crypt-bench-", dir=args.dir))
     try:
-        run_bench(work, size, args.repeats, args.markdown, args.json)
+        plot_out = args.plot_out or (Path(args.markdown).with_suffix(".png") if args.markdown
+                                     else None)  # fmt: skip
+        run_bench(work, size, args.repeats, args.markdown, args.json, plot_out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_bench(work: Path, size: int, repeats: int, md_path: str | None, js: str | None) -> None:
+def run_bench(work: Path, size: int, repeats: int, md_path: str | None, js: str | None,
+              plot_out: Path | None) -> None:  # fmt: skip
     cond = conditions(work)
     plain = work / "input.bin"
     with open(plain, "wb") as f:
@@ -186,14 +198,58 @@ def run_bench(work: Path, size: int, repeats: int, md_path: str | None, js: str 
     if md_path:
         with open(md_path, "a") as out:
             out.write(table + "\n")
+    result = {"conditions": cond, "size": size,
+              "runs": {c.label: [r.__dict__ for r in c.runs] for c in everyone}}  # fmt: skip
     if js:
-        Path(js).write_text(
-            json.dumps(
-                {"conditions": cond, "size": size,
-                 "runs": {c.label: [r.__dict__ for r in c.runs] for c in everyone}},
-                indent=2,
-            )
-        )  # fmt: skip
+        Path(js).write_text(json.dumps(result, indent=2))
+    if plot_out:
+        figures.draw(result, plot_out, plot)
+
+
+def summary(result: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per contender: median/min/max wall s, median user+sys s, peak RSS MiB. From the runs
+    when the result has them, else the recorded ``summary`` (tables in docs keep only that)."""
+    if "runs" not in result:
+        return {str(k): {f: float(v[f]) for f in ("median_s", "min_s", "max_s", "cpu_s")}
+                for k, v in result["summary"].items()}  # fmt: skip
+    out = {}
+    for label, runs in result["runs"].items():
+        walls = [float(r["wall"]) for r in runs]
+        out[str(label)] = {
+            "median_s": statistics.median(walls), "min_s": min(walls), "max_s": max(walls),
+            "cpu_s": statistics.median(float(r["user"]) + float(r["sys"]) for r in runs),
+        }  # fmt: skip
+    return out
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Wall time (median, min-max) with CPU time beside it, and MB/s, per contender."""
+    cond: dict[str, str] = result["conditions"]
+    size = int(result["size"])
+    rows = summary(result)
+    if not rows or size <= 0:
+        raise ValueError("no contenders or no size")
+    names = list(rows)
+    title = (
+        f"cdev crypt against age and cp, {size / (1 << 30):g} GiB file, {cond['date']}\n"
+        f"{cond['machine']}, {cond['filesystem']}, load average at start "
+        f"{cond['load average at start']}"
+    )
+    fig, (left, right) = figures.new(2, title)
+    med = [rows[n]["median_s"] for n in names]
+    figures.bars(left, names, med, low=[rows[n]["min_s"] for n in names],
+                 high=[rows[n]["max_s"] for n in names], fmt="{:.2f}", width=0.55, shift=-0.15,
+                 ylabel="seconds (lower is better)", label="wall s (median, whiskers min-max)",
+                 title="time per contender: wall and CPU")  # fmt: skip
+    figures.bars(left, names, [rows[n]["cpu_s"] for n in names], fmt="{:.1f}", width=0.3,
+                 shift=0.28, colour="dimgrey", label="user+sys CPU s (median)",
+                 ylabel="seconds (lower is better)",
+                 title="time per contender: wall and CPU")  # fmt: skip
+    left.legend(fontsize=8, loc="upper left")
+    figures.bars(right, names, [size / t / 1e6 for t in med], fmt="{:,.0f}",
+                 ylabel="MB/s (10^6 B/s, higher is better)",
+                 title="throughput at the median wall time")  # fmt: skip
+    figures.save(fig, path)
 
 
 def report(cond: dict[str, str], everyone: list[Contender], size: int, repeats: int) -> str:

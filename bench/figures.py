@@ -77,14 +77,17 @@ def new(
 
 def bars(ax: Axes, labels: Sequence[str], values: Sequence[float], *, ylabel: str, title: str,
          low: Sequence[float] | None = None, high: Sequence[float] | None = None,
-         fmt: str = "{:,.0f}") -> None:  # fmt: skip
+         fmt: str = "{:,.0f}", width: float = 0.8, shift: float = 0.0,
+         colour: str | None = None, label: str | None = None) -> None:  # fmt: skip
     """One bar per contender with its value written on it; low/high as a range whisker."""
     xs = range(len(labels))
     err = None
     if low is not None and high is not None:
         err = [[v - lo for v, lo in zip(values, low, strict=True)],
                [hi - v for v, hi in zip(values, high, strict=True)]]  # fmt: skip
-    drawn = ax.bar(xs, values, yerr=err, capsize=4, color=[COLOURS[i % 10] for i in xs])
+    colours = [colour or COLOURS[i % 10] for i in xs]
+    drawn = ax.bar([x + shift for x in xs], values, width, yerr=err, capsize=4, color=colours,
+                   label=label)  # fmt: skip
     ax.bar_label(drawn, labels=[fmt.format(v) for v in values], label_type="center",
                  fontsize=8, color="white", fontweight="bold")  # fmt: skip
     ax.set_xticks(list(xs), labels, rotation=25, ha="right", fontsize=8)
