@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 MAX_JSON = 16 << 20  # results are a few KiB; anything this large is not one
-# Same colour for a contender in every figure of a script (matplotlib's default cycle).
-COLOURS = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9")
+# Same colour for a contender in every figure of a script: matplotlib's default cycle without
+# its grey (C7), which the scripts keep for secondary bars such as CPU time.
+COLOURS = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9", "navy")
 
 
 class BadResults(CdevError):
@@ -78,8 +79,10 @@ def new(
 def bars(ax: Axes, labels: Sequence[str], values: Sequence[float], *, ylabel: str, title: str,
          low: Sequence[float] | None = None, high: Sequence[float] | None = None,
          fmt: str = "{:,.0f}", width: float = 0.8, shift: float = 0.0,
-         colour: str | None = None, label: str | None = None) -> None:  # fmt: skip
-    """One bar per contender with its value written on it; low/high as a range whisker."""
+         colour: str | None = None, label: str | None = None,
+         rotation: float = 0) -> None:  # fmt: skip
+    """One bar per contender with its value written on it (unless ``fmt`` is empty; rotated
+    90° where bars are narrow); low/high as a range whisker."""
     xs = range(len(labels))
     err = None
     if low is not None and high is not None:
@@ -88,8 +91,9 @@ def bars(ax: Axes, labels: Sequence[str], values: Sequence[float], *, ylabel: st
     colours = [colour or COLOURS[i % 10] for i in xs]
     drawn = ax.bar([x + shift for x in xs], values, width, yerr=err, capsize=4, color=colours,
                    label=label)  # fmt: skip
-    ax.bar_label(drawn, labels=[fmt.format(v) for v in values], label_type="center",
-                 fontsize=8, color="white", fontweight="bold")  # fmt: skip
+    if fmt:
+        ax.bar_label(drawn, labels=[fmt.format(v) for v in values], label_type="center",
+                     fontsize=8, color="white", fontweight="bold", rotation=rotation)  # fmt: skip
     ax.set_xticks(list(xs), labels, rotation=25, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

@@ -12,6 +12,10 @@
    optimisations, each checked to produce output the current code reads back.
 
     python bench/foundation_bench.py [--size 1G] [--quick] [--markdown FILE] [--json FILE]
+    python bench/foundation_bench.py --from-json FILE [--plot-out FILE.png]
+
+--markdown also draws the figure next to it (.png), or where --plot-out says; --from-json
+redraws it from results saved with --json without running anything.
 
 MB/s means 10^6 bytes per second of plaintext.
 """
@@ -43,6 +47,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import cryptography
+import figures
 from cryptography.hazmat.backends.openssl.backend import backend as openssl_backend
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -702,6 +707,68 @@ def render(info: dict[str, Any], prov: list[ProviderResult], speed: dict[int, fl
     return "\n".join(md) + "\n"
 
 
+def file_summary(files: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Median wall and wall+fsync s per contender, from the runs or the recorded summary."""
+    if "contenders" not in files:
+        return {str(k): {"wall": float(v["wall"]), "synced": float(v["synced"])}
+                for k, v in files["summary"].items()}  # fmt: skip
+    return {str(k): {f: statistics.median(float(r[f]) for r in runs) for f in ("wall", "synced")}
+            for k, runs in files["contenders"].items()}  # fmt: skip
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    """Provider MB/s against request size (log axes), then time and MB/s per file contender."""
+    m = data["machine"]
+    provs = [p for p in data["providers"] if p["available"]]
+    files = data.get("files")
+    if not provs and not files:
+        raise ValueError("neither provider nor file results")
+    title = (f"cdev foundation benchmark, {m['date']}\n{m['cpu']}, {m['cores']} cores, "
+             f"Linux {m['kernel']}, Python {m['python']}, load average at start "
+             f"{m['loadavg_start']}; medians")  # fmt: skip
+    fig, axes = figures.new(int(bool(provs)) + 2 * int(bool(files)), title, width=5.4)
+    if provs:
+        ax = axes.pop(0)
+        for p in provs:
+            for op, by_size in p["rates"].items():
+                sizes = sorted(int(s) for s in by_size)
+                mbs = [statistics.median(float(v) for v in by_size[str(s)]) * s / 1e6
+                       for s in sizes]  # fmt: skip
+                ax.plot(sizes, mbs, marker="o", markersize=4, label=f"{p['name']} {op}")
+        speed = {int(k): float(v) for k, v in data.get("openssl_speed", {}).items()}
+        if speed:
+            ax.plot(sorted(speed), [speed[s] / 1e6 for s in sorted(speed)], "k--", marker="x",
+                    label="openssl speed aes-128-cbc")  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        every = sorted({int(s) for p in provs for r in p["rates"].values() for s in r})
+        ax.set_xticks(every, [figures.size_label(n) for n in every], rotation=45, fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlabel("request size (log scale)")
+        ax.set_ylabel("MB/s (10^6 B/s), log scale")
+        ax.set_title("provider requests, one at a time", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    if files:
+        size = int(files["size"])
+        rows = file_summary(files)
+        names = list(rows)
+        left, right = axes
+        figures.bars(left, names, [rows[n]["wall"] for n in names], fmt="{:.2f}", width=0.4,
+                     shift=-0.2, colour="dimgrey", label="wall s", rotation=90,
+                     ylabel="seconds (lower is better)",
+                     title=f"{human(size)} file: time per contender")  # fmt: skip
+        figures.bars(left, names, [rows[n]["synced"] for n in names], fmt="{:.2f}", width=0.4,
+                     shift=0.2, label="wall + fsync of the output s", rotation=90,
+                     ylabel="seconds (lower is better)",
+                     title=f"{human(size)} file: time per contender")  # fmt: skip
+        left.legend(fontsize=8, loc="upper left")
+        figures.bars(right, names, [mbps(size, rows[n]["synced"]) for n in names],
+                     ylabel="MB/s (10^6 B/s, higher is better)",
+                     title=f"{human(size)} file: throughput, wall + fsync")  # fmt: skip
+    figures.save(fig, path)
+
+
 @contextlib.contextmanager
 def workdir(base: str) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="cdev-bench-", dir=base))
@@ -722,7 +789,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-files", action="store_true", help="skip the file benchmarks")
     ap.add_argument("--markdown", type=Path, help="also write the report here")
     ap.add_argument("--json", type=Path, help="write raw figures as JSON here")
+    figures.add_options(ap)
     a = ap.parse_args(argv)
+    if a.from_json:
+        return figures.from_json(a, plot)
     size = a.size or (64 * MIB if a.quick else 1 << 30)
     repeats = a.repeats or (2 if a.quick else 3)
     box = a.box or (0.03 if a.quick else 0.2)
@@ -743,15 +813,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report)
     if a.markdown:
         a.markdown.write_text(report)
+    data = {
+        "machine": info,
+        "providers": [asdict(p) for p in prov],
+        "openssl_speed": speed,
+        "files": files,
+        "inprocess": inproc,
+    }
     if a.json:
-        data = {
-            "machine": info,
-            "providers": [asdict(p) for p in prov],
-            "openssl_speed": speed,
-            "files": files,
-            "inprocess": inproc,
-        }
         a.json.write_text(json.dumps(data, indent=1))
+    plot_out = a.plot_out or (a.markdown.with_suffix(".png") if a.markdown else None)
+    if plot_out:
+        # Through JSON so the figure is drawn from exactly what --json saves (int keys become
+        # strings there; --from-json must give the same picture).
+        figures.draw(json.loads(json.dumps(data)), plot_out, plot)
     return 0
 
 
