@@ -231,7 +231,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         raise ValueError("no contenders or no size")
     names = list(rows)
     title = (
-        f"cdev crypt against age and cp, {size / (1 << 30):g} GiB file, {cond['date']}\n"
+        f"cdev crypt against age and cp, {figures.size_label(size)} file, {cond['date']}\n"
         f"{cond['machine']}, {cond['filesystem']}, load average at start "
         f"{cond['load average at start']}"
     )
@@ -241,11 +241,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
                  high=[rows[n]["max_s"] for n in names], fmt="{:.2f}", width=0.55, shift=-0.15,
                  ylabel="seconds (lower is better)", label="wall s (median, whiskers min-max)",
                  title="time per contender: wall and CPU")  # fmt: skip
-    figures.bars(left, names, [rows[n]["cpu_s"] for n in names], fmt="{:.1f}", width=0.3,
-                 shift=0.28, colour="dimgrey", label="user+sys CPU s (median)",
+    figures.bars(left, names, [rows[n]["cpu_s"] for n in names], fmt="{:.2f}", width=0.3,
+                 shift=0.28, colour="dimgrey", label="user+sys CPU s (median)", rotation=90,
                  ylabel="seconds (lower is better)",
                  title="time per contender: wall and CPU")  # fmt: skip
-    left.legend(fontsize=8, loc="upper left")
+    figures.legend_on_top(left)
     figures.bars(right, names, [size / t / 1e6 for t in med], fmt="{:,.0f}",
                  ylabel="MB/s (10^6 B/s, higher is better)",
                  title="throughput at the median wall time")  # fmt: skip

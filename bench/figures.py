@@ -92,8 +92,14 @@ def bars(ax: Axes, labels: Sequence[str], values: Sequence[float], *, ylabel: st
     drawn = ax.bar([x + shift for x in xs], values, width, yerr=err, capsize=4, color=colours,
                    label=label)  # fmt: skip
     if fmt:
-        ax.bar_label(drawn, labels=[fmt.format(v) for v in values], label_type="center",
-                     fontsize=8, color="white", fontweight="bold", rotation=rotation)  # fmt: skip
+        # Inside the bar where it is tall enough to hold the text, just above it otherwise.
+        tall = 0.08 * max(max(values, default=0.0), ax.get_ylim()[1])
+        pairs = [(fmt.format(v), v >= tall) for v in values]
+        ax.bar_label(drawn, labels=[t if inside else "" for t, inside in pairs],
+                     label_type="center", fontsize=8, color="white", fontweight="bold",
+                     rotation=rotation)  # fmt: skip
+        ax.bar_label(drawn, labels=["" if inside else t for t, inside in pairs],
+                     label_type="edge", padding=2, fontsize=7, rotation=rotation)  # fmt: skip
     ax.set_xticks(list(xs), labels, rotation=25, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -101,9 +107,16 @@ def bars(ax: Axes, labels: Sequence[str], values: Sequence[float], *, ylabel: st
     ax.set_axisbelow(True)
 
 
+def legend_on_top(ax: Axes) -> None:
+    """A legend in headroom above the tallest bar, never over the bars themselves."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high * 1.22)
+    ax.legend(fontsize=8, loc="upper left", ncols=2)
+
+
 def size_label(n: int) -> str:
     """64 B, 4 KiB, 1 MiB: request sizes as people write them."""
-    for unit, shift in (("MiB", 20), ("KiB", 10)):
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if n >= 1 << shift and n % (1 << shift) == 0:
             return f"{n >> shift} {unit}"
     return f"{n} B"

@@ -762,7 +762,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
                      shift=0.2, label="wall + fsync of the output s", rotation=90,
                      ylabel="seconds (lower is better)",
                      title=f"{human(size)} file: time per contender")  # fmt: skip
-        left.legend(fontsize=8, loc="upper left")
+        figures.legend_on_top(left)
         figures.bars(right, names, [mbps(size, rows[n]["synced"]) for n in names],
                      ylabel="MB/s (10^6 B/s, higher is better)",
                      title=f"{human(size)} file: throughput, wall + fsync")  # fmt: skip
