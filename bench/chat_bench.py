@@ -456,7 +456,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     m, a = report["machine"], report["args"]
     title = (
         f"chat broker: {a['peers']} peers x {a['messages']} messages of 64 B, "
-        f"{a['workers']} generator processes, {len(by[names[0]])} round(s), {m['date']}\n"
+        f"{a['workers']} generator process(es), {len(by[names[0]])} round(s), {m['date']}\n"
         f"{m['cpu']}, {m['cpus']} CPUs, Linux {m['kernel']}, Python {m['python']}; "
         "bars: median, whiskers: range of the rounds"
     )
@@ -472,19 +472,22 @@ def plot(report: dict[str, Any], path: Path) -> None:
                  title="throughput (higher is better)", fmt="{:,.0f}k")  # fmt: skip
     width = 0.38
     xs = range(len(names))
+    # Seconds when a broker queues for seconds (the recorded 200-peer runs), else ms.
+    slow = max(float(r["p99_ms"]) for runs in by.values() for r in runs) >= 1000
+    unit, scale = ("s", 1e-3) if slow else ("ms", 1.0)
     for k, (key, hatch) in enumerate((("p50_ms", ""), ("p99_ms", "//"))):
-        med, lo, hi = stat(key, 1e-3)
+        med, lo, hi = stat(key, scale)
         err = [[v - x for v, x in zip(med, lo, strict=True)],
                [x - v for v, x in zip(med, hi, strict=True)]]  # fmt: skip
         pos = [x + (k - 0.5) * width for x in xs]
         drawn = right.bar(pos, med, width, yerr=err, capsize=3, hatch=hatch, edgecolor="white",
                           color=[figures.COLOURS[i % 10] for i in xs],
                           label=key.split("_")[0])  # fmt: skip
-        right.bar_label(drawn, labels=[f"{v:.1f}" for v in med], label_type="center",
+        right.bar_label(drawn, labels=[f"{v:.3g}" for v in med], label_type="center",
                         fontsize=8, bbox={"boxstyle": "round,pad=0.2", "fc": "white",
                                           "ec": "none"})  # fmt: skip
     right.set_xticks(list(xs), names, rotation=25, ha="right", fontsize=8)
-    right.set_ylabel("send-to-delivery latency (s)")
+    right.set_ylabel(f"send-to-delivery latency ({unit})")
     right.set_title("latency p50 (plain) and p99 (hatched), lower is better", fontsize=10)
     right.grid(True, axis="y", alpha=0.3)
     right.set_axisbelow(True)
