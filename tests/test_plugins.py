@@ -9,7 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
-from importlib.metadata import version
+from importlib.metadata import requires, version
 from pathlib import Path
 
 import pytest
@@ -212,7 +212,16 @@ def test_example_plugin_works_in_crypt(example_site: Path, tmp_path: Path) -> No
     assert proc.returncode == 0
 
 
-RUNTIME_DEPS = ["setuptools", "typer", "pluggy", "rich", "cryptography"]
+def _runtime_deps() -> list[str]:
+    """The distribution's own runtime requirements (no extras), plus setuptools to build it."""
+    names = ["setuptools"]
+    for req in requires("cdev-toolkit") or []:
+        if "extra ==" not in req:
+            names.append(re.split(r"[\s<>=!~;\[]", req, maxsplit=1)[0])
+    return names
+
+
+RUNTIME_DEPS = _runtime_deps()
 
 
 def _copy_sources(dst: Path) -> Path:
