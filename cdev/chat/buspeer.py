@@ -10,16 +10,14 @@ reordered record — is refused exactly as with the broker.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from cdev.chat import crypto
-from cdev.chat.client import RoomClient, _who
+from cdev.chat.client import RoomClient, join, open_room
 from cdev.chat.options import ChatOptions
 from cdev.chat.room import Member, RoomSession
-from cdev.chat.safe import safe_text
-from cdev.chat.ui import ChatUI, LineSource
-from cdev.errors import EXIT_OK, CdevError, IntegrityError
+from cdev.chat.ui import ChatUI
+from cdev.errors import IntegrityError
 from cdev.transport import Transport
 
 
@@ -58,67 +56,11 @@ class BusRoomClient(RoomClient):
 
 
 async def open_bus_room(transport: Transport, address: str, opts: ChatOptions) -> BusRoomClient:
-    reader, writer = await transport.connect(address, opts.connect_timeout)
-    client = BusRoomClient(reader, writer, opts)
-    try:
-        async with asyncio.timeout(opts.handshake_timeout):
-            await client.handshake()
-    except TimeoutError:
-        await client.close()
-        why = client.session.last_refusal
-        raise CdevError(
-            f"not admitted to the room at {address} within {opts.handshake_timeout:g} s"
-            + (f" ({why})" if why else "")
-        ) from None
-    except BaseException:
-        await client.close()
-        raise
+    client = await open_room(transport, address, opts, BusRoomClient)
+    assert isinstance(client, BusRoomClient)
     return client
 
 
 async def bus_join(transport: Transport, address: str, opts: ChatOptions, ui: ChatUI) -> int:
     """``cdev chat join`` for a bus room: as with a broker, plus gap notices."""
-    client = await open_bus_room(transport, address, opts)
-    if client.fingerprint:
-        ui.notice(f"group fingerprint {client.fingerprint} (the same for every member)")
-        ui.notice(f"your key fingerprint {client.key_fingerprint}")
-    names = ", ".join(_who(m) for m in client.members.values()) or "nobody else yet"
-    ui.notice(f"joined as {opts.nick}; in the room: {names}")
-    lines = LineSource()
-
-    async def pump_out() -> None:
-        while (line := await lines.get()) is not None:
-            await client.send(line)
-        await client.goodbye()
-
-    async def pump_in() -> None:
-        while True:
-            ev = await client.receive()
-            nick = safe_text(ev.nick)
-            if ev.kind == "message":
-                ui.message(nick, ev.text)
-            elif ev.kind == "joined":
-                key = f", key {ev.fingerprint}" if ev.fingerprint else ""
-                ui.notice(f"{nick} joined{key}")
-            elif ev.kind == "left":
-                ui.notice(f"{nick} left ({safe_text(ev.text.decode('utf-8', 'replace'))})")
-            elif ev.kind == "notice":
-                ui.notice(safe_text(ev.text.decode("utf-8", "replace")))
-            elif ev.kind == "gap":
-                ui.notice(f"{ev.text.decode()} message(s) from {nick} lost on the bus")
-
-    out_task = asyncio.create_task(pump_out())
-    in_task = asyncio.create_task(pump_in())
-    try:
-        done, _ = await asyncio.wait({out_task, in_task}, return_when=asyncio.FIRST_COMPLETED)
-        if in_task in done:
-            in_task.result()  # always an error: the room never ends on its own
-        try:
-            out_task.result()
-        except (ConnectionError, OSError) as exc:
-            raise CdevError(f"connection to the room lost: {exc.strerror or exc}") from None
-        return EXIT_OK
-    finally:
-        for task in (out_task, in_task):
-            task.cancel()
-        await client.close()
+    return await join(transport, address, opts, ui, BusRoomClient)

@@ -304,9 +304,15 @@ def _info(m: dict[str, Any]) -> str:
     return info if isinstance(info, str) and len(info) <= MAX_INFO else ""
 
 
-async def open_room(transport: Transport, address: str, opts: ChatOptions) -> RoomClient:
+async def open_room(
+    transport: Transport,
+    address: str,
+    opts: ChatOptions,
+    client_cls: type[RoomClient] = RoomClient,
+) -> RoomClient:
+    """Connect and be admitted; ``client_cls`` is the broker's client or a carrier's."""
     reader, writer = await transport.connect(address, opts.connect_timeout)
-    client = RoomClient(reader, writer, opts)
+    client = client_cls(reader, writer, opts)
     try:
         async with asyncio.timeout(opts.handshake_timeout):
             await client.handshake()
@@ -323,8 +329,15 @@ async def open_room(transport: Transport, address: str, opts: ChatOptions) -> Ro
     return client
 
 
-async def join(transport: Transport, address: str, opts: ChatOptions, ui: ChatUI) -> int:
-    client = await open_room(transport, address, opts)
+async def join(
+    transport: Transport,
+    address: str,
+    opts: ChatOptions,
+    ui: ChatUI,
+    client_cls: type[RoomClient] = RoomClient,
+) -> int:
+    """``cdev chat join``: through a broker, or a bus with ``client_cls`` its own client."""
+    client = await open_room(transport, address, opts, client_cls)
     if client.fingerprint:
         ui.notice(f"group fingerprint {client.fingerprint} (the same for every member)")
         ui.notice(f"your key fingerprint {client.key_fingerprint}")
@@ -350,6 +363,8 @@ async def join(transport: Transport, address: str, opts: ChatOptions, ui: ChatUI
                 ui.notice(f"{nick} left ({safe_text(ev.text.decode('utf-8', 'replace'))})")
             elif ev.kind == "notice":
                 ui.notice(safe_text(ev.text.decode("utf-8", "replace")))
+            elif ev.kind == "gap":  # only from an at-most-once bus
+                ui.notice(f"{ev.text.decode()} message(s) from {nick} lost on the bus")
 
     out_task = asyncio.create_task(pump_out())
     in_task = asyncio.create_task(pump_in())
@@ -360,7 +375,7 @@ async def join(transport: Transport, address: str, opts: ChatOptions, ui: ChatUI
         try:
             out_task.result()
         except (ConnectionError, OSError) as exc:
-            raise CdevError(f"connection to the broker lost: {exc.strerror or exc}") from None
+            raise CdevError(f"connection to the room lost: {exc.strerror or exc}") from None
         return EXIT_OK
     finally:
         for task in (out_task, in_task):
