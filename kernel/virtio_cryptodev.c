@@ -39,6 +39,8 @@
 #include <linux/idr.h>
 #include <linux/mm.h>
 #include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/poll.h>
 #include <linux/refcount.h>
 #include <linux/rwsem.h>
 #include <linux/scatterlist.h>
@@ -139,6 +141,8 @@ struct vcd_device {
 	bool algs_f;			/* VCD_F_ALGS negotiated */
 	bool multipart_f;		/* VCD_F_MULTIPART negotiated */
 	bool aead_f;			/* VCD_F_AEAD negotiated */
+	bool ordered_f;			/* VCD_F_ORDERED negotiated: async allowed */
+	atomic_t nasync;		/* async requests not fetched yet, all files */
 	u32 algs[VCD_ALG_BITS / 32];	/* what the device has, by number */
 	int minor;
 	struct cdev cdev;
@@ -169,35 +173,6 @@ struct vcd_buf {
 	bool sensitive;			/* holds a key: wipe before freeing */
 };
 
-/*
- * Most payload and result buffers of one call: AEAD header + iv + aad + src;
- * dst + IV out + digest.
- */
-#define VCD_MAX_OUT	4
-#define VCD_MAX_IN	3
-
-struct vcd_request {
-	refcount_t ref;
-	struct completion done;
-	struct list_head node;		/* on vcd->orphans */
-	int err;			/* -ENODEV if failed by removal */
-	bool abandoned;			/* waiter gone; under vcd->lock */
-	unsigned int written;		/* bytes the device reported */
-	unsigned int nout, nin;
-	struct vcd_buf out[VCD_MAX_OUT];	/* device-readable payload */
-	struct vcd_buf in[VCD_MAX_IN];		/* device-writable results */
-	struct work_struct free_work;	/* unpinning may sleep: not from the callback */
-	struct vcd_req req;
-	struct vcd_resp resp ____cacheline_aligned;
-};
-
-struct vcd_file {
-	struct vcd_device *vcd;
-	u32 handle;			/* the device's handle for this file */
-	struct xarray sessions;		/* session id -> VCD_SES_VALUE() (xa value) */
-	atomic_t nsessions;		/* entries in sessions, for the stats */
-};
-
 /* Arguments of the ioctls, independent of the caller's pointer size. */
 struct vcd_sess_args {
 	u32 cipher, mac, keylen, mackeylen, ses;
@@ -222,6 +197,63 @@ struct vcd_crypt_args {
 	u8 __user *dst;
 	u8 __user *mac;
 	u8 __user *iv;
+};
+
+/*
+ * Most payload and result buffers of one call: AEAD header + iv + aad + src;
+ * dst + IV out + digest.
+ */
+#define VCD_MAX_OUT	4
+#define VCD_MAX_IN	3
+
+/* Where a CRYPT's results go once it is answered. */
+struct vcd_crypt_out {
+	struct vcd_crypt_args args;	/* the caller's op, for CIOCASYNCFETCH too */
+	void *dst;			/* a kernel copy of dst, or NULL */
+	struct vcd_pin *dst_pages;	/* pages of ours holding dst, or NULL */
+	void *mac;
+	void *ivout;
+	u32 maclen, ivlen;
+};
+
+struct vcd_request {
+	refcount_t ref;
+	struct completion done;
+	struct list_head node;		/* on vcd->orphans */
+	struct list_head anode;		/* on vf->async, until fetched */
+	wait_queue_head_t *waitq;	/* woken when answered; under vcd->lock */
+	int err;			/* -ENODEV if failed by removal */
+	bool abandoned;			/* waiter gone; under vcd->lock */
+	unsigned int written;		/* bytes the device reported */
+	unsigned int in_total;		/* bytes the device must write */
+	struct vcd_crypt_out co;
+	unsigned int nout, nin;
+	struct vcd_buf out[VCD_MAX_OUT];	/* device-readable payload */
+	struct vcd_buf in[VCD_MAX_IN];		/* device-writable results */
+	struct work_struct free_work;	/* unpinning may sleep: not from the callback */
+	struct vcd_req req;
+	struct vcd_resp resp ____cacheline_aligned;
+};
+
+/*
+ * CIOCASYNCCRYPT: requests not fetched yet, per file and per device. cryptodev-linux
+ * allows 64 per file; 1,024 lets a client keep the ring full from one file while
+ * bounding what it pins and what we copy.
+ */
+#define VCD_ASYNC_MAX		1024
+#define VCD_ASYNC_DEV_MAX	8192
+
+struct vcd_file {
+	struct vcd_device *vcd;
+	u32 handle;			/* the device's handle for this file */
+	struct xarray sessions;		/* session id -> VCD_SES_VALUE() (xa value) */
+	atomic_t nsessions;		/* entries in sessions, for the stats */
+	/* CIOCASYNCCRYPT requests in submission order, fetched from the head. */
+	struct mutex submit_lock;	/* keeps list order and ring order the same */
+	spinlock_t alock;		/* guards async and nasync */
+	struct list_head async;
+	unsigned int nasync;
+	wait_queue_head_t async_wq;	/* poll(): answered, or room for more */
 };
 
 /* ---- requests ---------------------------------------------------------- */
@@ -489,6 +521,15 @@ static bool vcd_creates(struct vcd_request *r)
 		le32_to_cpu(r->req.cmd) == VCD_CMD_SESSION_CREATE);
 }
 
+/* Called under vcd->lock: wake the waiter or poller and drop the device's reference. */
+static void vcd_req_answered(struct vcd_request *r)
+{
+	complete(&r->done);
+	if (r->waitq)
+		wake_up(r->waitq);
+	vcd_req_put(r);
+}
+
 static void vcd_vq_done(struct virtqueue *vq)
 {
 	struct vcd_device *vcd = vq->vdev->priv;
@@ -516,8 +557,7 @@ static void vcd_vq_done(struct virtqueue *vq)
 				orphans = true;
 				continue;
 			}
-			complete(&r->done);
-			vcd_req_put(r);
+			vcd_req_answered(r);
 		}
 	} while (!virtqueue_enable_cb(vq));
 	if (freed)
@@ -535,19 +575,20 @@ static bool vcd_space_changed(struct vcd_device *vcd, unsigned long seen)
 }
 
 /*
- * Send @r and wait for the answer. Returns 0 with r->resp filled, or an errno. With
- * @killable a fatal signal ends the waits (-EINTR); the caller drops its reference
- * in every case.
+ * Put @r on the ring and notify the device, sleeping while the ring is full. Returns 0
+ * once the device owns it (it takes a reference of its own), or an errno. With
+ * @killable a fatal signal ends the wait (-EINTR).
  */
-static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killable)
+static int vcd_queue(struct vcd_device *vcd, struct vcd_request *r, bool killable)
 {
 	struct scatterlist hdr, resp, out[VCD_MAX_OUT], in[VCD_MAX_IN];
 	struct scatterlist *sgs[VCD_MAX_OUT + VCD_MAX_IN + 2];
-	unsigned int n = 0, i, in_total = sizeof(r->resp), nents = 2;
+	unsigned int n = 0, i, nents = 2;
 	unsigned long seen;
-	bool notify = false, done;
+	bool notify = false;
 	int err;
 
+	r->in_total = sizeof(r->resp);
 	sg_init_one(&hdr, &r->req, sizeof(r->req));
 	sgs[n++] = &hdr;
 	for (i = 0; i < r->nout; i++) {
@@ -561,7 +602,7 @@ static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killab
 		sgs[n++] = &out[i];
 	}
 	for (i = 0; i < r->nin; i++) {
-		in_total += r->in[i].len;
+		r->in_total += r->in[i].len;
 		if (r->in[i].pin) {
 			sgs[n++] = r->in[i].pin->sgt.sgl;
 			nents += r->in[i].pin->sgt.nents;
@@ -590,10 +631,13 @@ static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killab
 						GFP_ATOMIC);
 			notify = !err && virtqueue_kick_prepare(vcd->vq);
 			/*
-			 * A chain longer than the ring (pinned pages whose indirect table
-			 * could not be allocated) would wait for room forever.
+			 * No room even in an empty ring: a chain longer than the ring whose
+			 * indirect table could not be allocated would wait forever. (With
+			 * the ring merely full, an indirect chain fits once one entry is
+			 * back: wait.)
 			 */
-			if (err == -ENOSPC && nents > virtqueue_get_vring_size(vcd->vq))
+			if (err == -ENOSPC && nents > virtqueue_get_vring_size(vcd->vq) &&
+			    vcd->vq->num_free == virtqueue_get_vring_size(vcd->vq))
 				err = -ENOMEM;
 			if (!err)
 				atomic_long_inc(&vcd->stats.in_flight);
@@ -604,7 +648,7 @@ static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killab
 			virtqueue_notify(vcd->vq);
 		up_read(&vcd->remove_sem);
 		if (!err)
-			break;
+			return 0;
 		if (err != -ENOSPC) {
 			refcount_dec(&r->ref);
 			return err;
@@ -618,6 +662,37 @@ static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killab
 		}
 	}
 
+interrupted:
+	refcount_dec(&r->ref);
+	return -EINTR;
+}
+
+/* The transport's verdict on an answered request: 0 when r->resp can be trusted. */
+static int vcd_req_result(struct vcd_device *vcd, struct vcd_request *r)
+{
+	if (r->err)
+		return r->err;
+	if (le32_to_cpu(r->resp.status) == VCD_S_OK && r->written < r->in_total) {
+		dev_warn_ratelimited(&vcd->dev, "short answer: %u of %u bytes\n",
+				     r->written, r->in_total);
+		return -EIO;
+	}
+	return 0;
+}
+
+/*
+ * Send @r and wait for the answer. Returns 0 with r->resp filled, or an errno. With
+ * @killable a fatal signal ends the waits (-EINTR); the caller drops its reference
+ * in every case.
+ */
+static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killable)
+{
+	bool done;
+	int err;
+
+	err = vcd_queue(vcd, r, killable);
+	if (err)
+		return err;
 	if (killable) {
 		if (wait_for_completion_killable(&r->done)) {
 			/* Answered meanwhile: the answer counts (an OPEN's handle). */
@@ -633,18 +708,7 @@ static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killab
 	} else {
 		wait_for_completion(&r->done);
 	}
-	if (r->err)
-		return r->err;
-	if (le32_to_cpu(r->resp.status) == VCD_S_OK && r->written < in_total) {
-		dev_warn_ratelimited(&vcd->dev, "short answer: %u of %u bytes\n",
-				     r->written, in_total);
-		return -EIO;
-	}
-	return 0;
-
-interrupted:
-	refcount_dec(&r->ref);
-	return -EINTR;
+	return vcd_req_result(vcd, r);
 }
 
 /* CLOSE a device handle; never interrupted, so the host never keeps it. */
@@ -861,23 +925,34 @@ static u16 vcd_hash_flags(u16 flags, u32 len)
 	return wire;
 }
 
-static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
+/*
+ * Build the CRYPT request for @a in *@rp (the caller drops it). @async: the caller does
+ * not wait, so data of VCD_ZC_MIN bytes or more is always the caller's own pages, in
+ * place too (two pins of the same pages, one read and one written: the device copies
+ * src before it writes dst), and COP_FLAG_NO_ZC is refused as cryptodev-linux does.
+ */
+static int vcd_crypt_prepare(struct vcd_file *vf, const struct vcd_crypt_args *a,
+			     bool async, struct vcd_request **rp)
 {
 	struct vcd_device *vcd = vf->vcd;
 	const struct vcd_alg *calg = NULL, *malg = NULL;
+	struct vcd_crypt_out *co;
 	struct vcd_request *r;
-	void *entry, *dst = NULL, *mac = NULL, *iv = NULL, *ivout = NULL;
-	struct vcd_pin *pages, *dst_pages = NULL;
+	struct vcd_pin *pages;
+	void *entry, *iv;
 	unsigned long v;
 	u32 ivlen = 0;
 	u16 wire = 0;
 	bool zc;
 	int err;
 
+	*rp = NULL;
 	if (a->op != COP_ENCRYPT && a->op != COP_DECRYPT)
 		return -EINVAL;
 	if (a->flags & ~(COP_FLAG_UPDATE | COP_FLAG_FINAL | COP_FLAG_RESET |
 			 COP_FLAG_WRITE_IV | COP_FLAG_NO_ZC))
+		return -EINVAL;
+	if (async && (a->flags & COP_FLAG_NO_ZC))
 		return -EINVAL;
 	if (a->len > VCD_MAX_DATA_LEN)
 		return -EINVAL;
@@ -909,6 +984,9 @@ static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
 	r = vcd_req_alloc(VCD_CALL_IOCTL, vf->handle, VCD_CMD_CRYPT);
 	if (!r)
 		return -ENOMEM;
+	*rp = r;
+	co = &r->co;
+	co->args = *a;
 	r->req.session = cpu_to_le32(a->ses);
 	r->req.op = cpu_to_le16(a->op);
 	/* The first protocol version takes no flags: its MACs are one-shot. */
@@ -917,20 +995,19 @@ static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
 	r->req.ivlen = cpu_to_le32(ivlen);
 	if (ivlen) {
 		iv = vcd_req_buf(r, true, ivlen);
-		err = PTR_ERR_OR_ZERO(iv);
-		if (!err && copy_from_user(iv, a->iv, ivlen))
-			err = -EFAULT;
-		if (err)
-			goto out;
+		if (IS_ERR(iv))
+			return PTR_ERR(iv);
+		if (copy_from_user(iv, a->iv, ivlen))
+			return -EFAULT;
 	}
 	/*
 	 * Large requests use the caller's pages directly, as cryptodev-linux does: copies
-	 * cost more than the crypto. Not with NO_ZC, nor in place (src == dst: one pin must
-	 * not be both read and written), nor without indirect descriptors (a page per
-	 * entry would not fit the ring).
+	 * cost more than the crypto. Not with NO_ZC, nor in place when we wait (one copy
+	 * each way costs less than pinning twice), nor without indirect descriptors (a
+	 * page per entry would not fit the ring).
 	 */
-	zc = a->len >= VCD_ZC_MIN && !(a->flags & COP_FLAG_NO_ZC) && a->src != a->dst &&
-	     vcd->indirect;
+	zc = a->len >= VCD_ZC_MIN && !(a->flags & COP_FLAG_NO_ZC) &&
+	     (async || a->src != a->dst) && vcd->indirect;
 	if (zc) {
 		err = vcd_req_pin(r, true, a->src, a->len);
 	} else if (a->len > PAGE_SIZE) {
@@ -942,53 +1019,206 @@ static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
 		err = vcd_req_copy_in(r, a->src, a->len, false);
 	}
 	if (err)
-		goto out;
+		return err;
 	if (calg) {
 		if (zc) {
 			err = vcd_req_pin(r, false, a->dst, a->len);
 		} else if (a->len > PAGE_SIZE) {
-			dst_pages = vcd_req_pages(r, false, a->len);
-			err = PTR_ERR_OR_ZERO(dst_pages);
-			if (err)
-				dst_pages = NULL;
+			pages = vcd_req_pages(r, false, a->len);
+			err = PTR_ERR_OR_ZERO(pages);
+			if (!err)
+				co->dst_pages = pages;
 		} else {
-			dst = vcd_req_buf(r, false, a->len);
-			err = PTR_ERR_OR_ZERO(dst);
+			co->dst = vcd_req_buf(r, false, a->len);
+			err = PTR_ERR_OR_ZERO(co->dst);
 			if (err)
-				dst = NULL;
+				co->dst = NULL;
 		}
 		if (err)
-			goto out;
+			return err;
 	}
 	if (wire & VCD_CF_IV_OUT) {
-		ivout = vcd_req_buf(r, false, ivlen);
-		if (IS_ERR(ivout)) {
-			err = PTR_ERR(ivout);
-			goto out;
+		co->ivout = vcd_req_buf(r, false, ivlen);
+		if (IS_ERR(co->ivout)) {
+			err = PTR_ERR(co->ivout);
+			co->ivout = NULL;
+			return err;
 		}
+		co->ivlen = ivlen;
 	}
 	if (wire & VCD_CF_HASH_FINAL) {
-		mac = vcd_req_buf(r, false, malg->digestlen);
-		if (IS_ERR(mac)) {
-			err = PTR_ERR(mac);
-			goto out;
+		co->mac = vcd_req_buf(r, false, malg->digestlen);
+		if (IS_ERR(co->mac)) {
+			err = PTR_ERR(co->mac);
+			co->mac = NULL;
+			return err;
 		}
+		co->maclen = malg->digestlen;
 	}
+	return 0;
+}
 
-	err = vcd_call(vf, r);
+/* Copy an answered CRYPT's results to the caller: what the device did not write there. */
+static int vcd_crypt_output(struct vcd_request *r)
+{
+	const struct vcd_crypt_out *co = &r->co;
+
+	if (co->dst && copy_to_user(co->args.dst, co->dst, co->args.len))
+		return -EFAULT;
+	if (co->dst_pages && vcd_pages_copy(co->dst_pages, co->args.dst, co->args.len, true))
+		return -EFAULT;
+	if (co->mac && copy_to_user(co->args.mac, co->mac, co->maclen))
+		return -EFAULT;
+	if (co->ivout && copy_to_user(co->args.iv, co->ivout, co->ivlen))
+		return -EFAULT;
+	return 0;
+}
+
+static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
+{
+	struct vcd_request *r;
+	int err;
+
+	err = vcd_crypt_prepare(vf, a, false, &r);
+	if (!err)
+		err = vcd_call(vf, r);
+	if (!err)
+		err = vcd_crypt_output(r);
+	if (r)
+		vcd_req_put(r);
+	return err;
+}
+
+/*
+ * CIOCASYNCCRYPT: queue the CRYPT and return; CIOCASYNCFETCH collects it. -EBUSY when
+ * the file (or the device) has too many not fetched yet, as cryptodev-linux answers a
+ * full queue; a device that may reorder a session's requests is refused.
+ */
+static int vcd_async_crypt(struct vcd_file *vf, const struct vcd_crypt_args *a)
+{
+	struct vcd_device *vcd = vf->vcd;
+	struct vcd_request *r;
+	int err;
+
+	if (!vcd->ordered_f)
+		return -EOPNOTSUPP;
+	spin_lock(&vf->alock);
+	err = vf->nasync >= VCD_ASYNC_MAX ? -EBUSY : 0;
+	if (!err)
+		vf->nasync++;
+	spin_unlock(&vf->alock);
 	if (err)
-		goto out;
-	if (dst && copy_to_user(a->dst, dst, a->len))
-		err = -EFAULT;
-	else if (dst_pages && vcd_pages_copy(dst_pages, a->dst, a->len, true))
-		err = -EFAULT;
-	else if (mac && copy_to_user(a->mac, mac, malg->digestlen))
-		err = -EFAULT;
-	else if (ivout && copy_to_user(a->iv, ivout, ivlen))
-		err = -EFAULT;
-out:
+		return err;
+	if (atomic_inc_return(&vcd->nasync) > VCD_ASYNC_DEV_MAX) {
+		err = -EBUSY;
+		goto out_budget;
+	}
+	err = vcd_crypt_prepare(vf, a, true, &r);
+	if (err)
+		goto out_put;
+	r->waitq = &vf->async_wq;
+	if (mutex_lock_killable(&vf->submit_lock)) {
+		err = -EINTR;
+		goto out_put;
+	}
+	err = vcd_queue(vcd, r, true);
+	if (!err) {
+		/* The file's reference now; the device holds its own. */
+		spin_lock(&vf->alock);
+		list_add_tail(&r->anode, &vf->async);
+		spin_unlock(&vf->alock);
+	}
+	mutex_unlock(&vf->submit_lock);
+	if (!err)
+		return 0;
+out_put:
+	if (r)
+		vcd_req_put(r);
+out_budget:
+	atomic_dec(&vcd->nasync);
+	spin_lock(&vf->alock);
+	vf->nasync--;
+	spin_unlock(&vf->alock);
+	wake_up(&vf->async_wq);
+	return err;
+}
+
+/*
+ * CIOCASYNCFETCH: the oldest request, once answered (cryptodev-linux runs a file's
+ * requests one after another, so its results come back in submission order; so do
+ * ours). -EBUSY when it is not answered yet. Its error, or its results written back
+ * and @a filled with the op as submitted.
+ */
+static int vcd_async_fetch(struct vcd_file *vf, struct vcd_crypt_args *a)
+{
+	struct vcd_device *vcd = vf->vcd;
+	struct vcd_request *r;
+	int err;
+
+	spin_lock(&vf->alock);
+	r = list_first_entry_or_null(&vf->async, struct vcd_request, anode);
+	if (r && completion_done(&r->done)) {
+		list_del_init(&r->anode);
+		vf->nasync--;
+	} else {
+		r = NULL;
+	}
+	spin_unlock(&vf->alock);
+	if (!r)
+		return -EBUSY;
+	atomic_dec(&vcd->nasync);
+	wake_up(&vf->async_wq);		/* room for one more */
+
+	err = vcd_req_result(vcd, r);
+	if (!err)
+		err = vcd_status_errno(le32_to_cpu(r->resp.status));
+	if (!err)
+		err = vcd_crypt_output(r);
+	if (!err)
+		*a = r->co.args;
 	vcd_req_put(r);
 	return err;
+}
+
+static __poll_t vcd_poll(struct file *filp, poll_table *wait)
+{
+	struct vcd_file *vf = filp->private_data;
+	struct vcd_request *r;
+	__poll_t mask = 0;
+
+	poll_wait(filp, &vf->async_wq, wait);
+	spin_lock(&vf->alock);
+	r = list_first_entry_or_null(&vf->async, struct vcd_request, anode);
+	if (r && completion_done(&r->done))
+		mask |= EPOLLIN | EPOLLRDNORM;
+	if (vf->nasync < VCD_ASYNC_MAX)
+		mask |= EPOLLOUT | EPOLLWRNORM;
+	spin_unlock(&vf->alock);
+	return mask;
+}
+
+/*
+ * Release: requests never fetched are the device's to finish; nobody is woken for
+ * them. Their buffers (pinned pages included) go with the device's reference.
+ */
+static void vcd_async_drop(struct vcd_file *vf)
+{
+	struct vcd_device *vcd = vf->vcd;
+	struct vcd_request *r, *tmp;
+	LIST_HEAD(gone);
+
+	spin_lock(&vf->alock);
+	list_splice_init(&vf->async, &gone);
+	vf->nasync = 0;
+	spin_unlock(&vf->alock);
+	list_for_each_entry_safe(r, tmp, &gone, anode) {
+		spin_lock_irq(&vcd->lock);
+		r->waitq = NULL;
+		spin_unlock_irq(&vcd->lock);
+		list_del_init(&r->anode);
+		atomic_dec(&vcd->nasync);
+		vcd_req_put(r);
+	}
 }
 
 /* A device-readable buffer of user data: order-0 pages when larger than a page. */
@@ -1216,13 +1446,31 @@ static long vcd_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 			return -EFAULT;
 		return vcd_free_session(vf, ses);
 	case CIOCCRYPT:
+	case CIOCASYNCCRYPT:
 		if (copy_from_user(&cop, argp, sizeof(cop)))
 			return -EFAULT;
 		ca = (struct vcd_crypt_args){
 			.ses = cop.ses, .op = cop.op, .flags = cop.flags, .len = cop.len,
 			.src = cop.src, .dst = cop.dst, .mac = cop.mac, .iv = cop.iv,
 		};
+		if (cmd == CIOCASYNCCRYPT)
+			return vcd_async_crypt(vf, &ca);
 		return vcd_crypt(vf, &ca);
+	case CIOCASYNCFETCH:
+		err = vcd_async_fetch(vf, &ca);
+		if (err)
+			return err;
+		/* As cryptodev-linux: the op as it was submitted (padding zeroed). */
+		memset(&cop, 0, sizeof(cop));
+		cop.ses = ca.ses;
+		cop.op = ca.op;
+		cop.flags = ca.flags;
+		cop.len = ca.len;
+		cop.src = ca.src;
+		cop.dst = ca.dst;
+		cop.mac = ca.mac;
+		cop.iv = ca.iv;
+		return copy_to_user(argp, &cop, sizeof(cop)) ? -EFAULT : 0;
 	case CIOCGSESSINFO:
 		return vcd_session_info(vf, argp);
 	case CRIOGET:
@@ -1288,6 +1536,8 @@ struct compat_crypt_auth_op {
 #define COMPAT_CIOCGSESSION	_IOWR('c', 102, struct compat_session_op)
 #define COMPAT_CIOCCRYPT	_IOWR('c', 104, struct compat_crypt_op)
 #define COMPAT_CIOCAUTHCRYPT	_IOWR('c', 109, struct compat_crypt_auth_op)
+#define COMPAT_CIOCASYNCCRYPT	_IOW('c', 110, struct compat_crypt_op)
+#define COMPAT_CIOCASYNCFETCH	_IOR('c', 111, struct compat_crypt_op)
 
 static long vcd_compat_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 {
@@ -1320,6 +1570,7 @@ static long vcd_compat_ioctl(struct file *filp, unsigned int cmd, unsigned long 
 		}
 		return 0;
 	case COMPAT_CIOCCRYPT:
+	case COMPAT_CIOCASYNCCRYPT:
 		if (copy_from_user(&cop, argp, sizeof(cop)))
 			return -EFAULT;
 		ca = (struct vcd_crypt_args){
@@ -1327,7 +1578,23 @@ static long vcd_compat_ioctl(struct file *filp, unsigned int cmd, unsigned long 
 			.src = compat_ptr(cop.src), .dst = compat_ptr(cop.dst),
 			.mac = compat_ptr(cop.mac), .iv = compat_ptr(cop.iv),
 		};
+		if (cmd == COMPAT_CIOCASYNCCRYPT)
+			return vcd_async_crypt(vf, &ca);
 		return vcd_crypt(vf, &ca);
+	case COMPAT_CIOCASYNCFETCH:
+		err = vcd_async_fetch(vf, &ca);
+		if (err)
+			return err;
+		memset(&cop, 0, sizeof(cop));
+		cop.ses = ca.ses;
+		cop.op = ca.op;
+		cop.flags = ca.flags;
+		cop.len = ca.len;
+		cop.src = ptr_to_compat(ca.src);
+		cop.dst = ptr_to_compat(ca.dst);
+		cop.mac = ptr_to_compat(ca.mac);
+		cop.iv = ptr_to_compat(ca.iv);
+		return copy_to_user(argp, &cop, sizeof(cop)) ? -EFAULT : 0;
 	case COMPAT_CIOCAUTHCRYPT:
 		if (copy_from_user(&caop, argp, sizeof(caop)))
 			return -EFAULT;
@@ -1371,6 +1638,10 @@ static int vcd_open(struct inode *inode, struct file *filp)
 		return -ENOMEM;
 	vf->vcd = vcd;
 	xa_init(&vf->sessions);
+	mutex_init(&vf->submit_lock);
+	spin_lock_init(&vf->alock);
+	INIT_LIST_HEAD(&vf->async);
+	init_waitqueue_head(&vf->async_wq);
 
 	r = vcd_req_alloc(VCD_CALL_OPEN, 0, 0);
 	if (!r) {
@@ -1399,7 +1670,8 @@ static int vcd_release(struct inode *inode, struct file *filp)
 	struct vcd_file *vf = filp->private_data;
 	int err;
 
-	/* The device drops the handle's sessions with it. */
+	vcd_async_drop(vf);
+	/* The device drops the handle's sessions with it (after its queued requests). */
 	err = vcd_close_handle(vf->vcd, vf->handle);
 	if (err && err != -ENODEV)
 		dev_warn_ratelimited(&vf->vcd->dev, "closing handle %u failed: %d\n",
@@ -1416,6 +1688,7 @@ static const struct file_operations vcd_fops = {
 	.open = vcd_open,
 	.release = vcd_release,
 	.unlocked_ioctl = vcd_ioctl,
+	.poll = vcd_poll,
 #ifdef CONFIG_COMPAT
 	.compat_ioctl = vcd_compat_ioctl,
 #endif
@@ -1443,6 +1716,7 @@ static void vcd_discover(struct vcd_device *vcd)
 	vcd->algs_f = virtio_has_feature(vdev, VCD_F_ALGS);
 	vcd->multipart_f = vcd->algs_f && virtio_has_feature(vdev, VCD_F_MULTIPART);
 	vcd->aead_f = vcd->algs_f && virtio_has_feature(vdev, VCD_F_AEAD);
+	vcd->ordered_f = vcd->algs_f && virtio_has_feature(vdev, VCD_F_ORDERED);
 	memset(vcd->algs, 0, sizeof(vcd->algs));
 	if (!vcd->algs_f) {
 		vcd->algs[CRYPTO_AES_CBC / 32] |= BIT(CRYPTO_AES_CBC % 32);
@@ -1538,8 +1812,7 @@ static void vcd_stop(struct vcd_device *vcd)
 	while ((r = virtqueue_detach_unused_buf(vcd->vq)) != NULL) {
 		r->err = -ENODEV;
 		vcd_stats_dropped(&vcd->stats);
-		complete(&r->done);
-		vcd_req_put(r);
+		vcd_req_answered(r);
 	}
 	spin_unlock_irq(&vcd->lock);
 	vdev->config->del_vqs(vdev);
@@ -1600,7 +1873,7 @@ static const struct virtio_device_id vcd_id_table[] = {
 MODULE_DEVICE_TABLE(virtio, vcd_id_table);
 
 static unsigned int vcd_features[] = {
-	VCD_F_ALGS, VCD_F_MULTIPART, VCD_F_AEAD,
+	VCD_F_ALGS, VCD_F_MULTIPART, VCD_F_AEAD, VCD_F_ORDERED,
 };
 
 static struct virtio_driver vcd_driver = {
