@@ -23,6 +23,10 @@
  * whose waiter was killed after the host created the handle or session has it closed
  * or destroyed by a work item, so host and guest counts never drift.
  *
+ * CIOCASYNCCRYPT requests have no waiting task: the file holds the first reference on
+ * vf->async (submission order) until CIOCASYNCFETCH or release takes it; the callback
+ * wakes vf->async_wq through r->waitq, which release clears under vcd->lock.
+ *
  * Suspend/hibernate: freeze takes the queue down as removal does (waiting requests
  * fail with -ENODEV); restore brings it back. The reset between them drops every
  * handle and session on the host, so files opened before answer -EBADF afterwards.
