@@ -27,9 +27,11 @@
  * vf->async (submission order) until CIOCASYNCFETCH or release takes it; the callback
  * wakes vf->async_wq through r->waitq, which release clears under vcd->lock.
  *
- * Suspend/hibernate: freeze takes the queue down as removal does (waiting requests
- * fail with -ENODEV); restore brings it back. The reset between them drops every
- * handle and session on the host, so files opened before answer -EBADF afterwards.
+ * Suspend/hibernate: freeze refuses new requests (-ENODEV), lets those on the ring be
+ * answered, then takes the queue down as removal does; restore brings it back. The
+ * reset between them drops every handle and session on the host, so files opened
+ * before answer -EBADF afterwards and never send anything again (their handle number
+ * may belong to a newer file by then).
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -37,6 +39,7 @@
 #include <linux/cdev.h>
 #include <linux/compat.h>
 #include <linux/completion.h>
+#include <linux/debugfs.h>
 #include <linux/device.h>
 #include <linux/file.h>
 #include <linux/fs.h>
@@ -132,6 +135,9 @@ struct vcd_device {
 	struct virtqueue *vq;		/* NULL once removed */
 	spinlock_t lock;		/* guards vq and broken */
 	bool broken;			/* removed: fail every request */
+	bool frozen;			/* suspending: no new requests, answers still come */
+	unsigned int epoch;		/* bumped by restore: older files' handles are gone */
+	struct dentry *debugfs;
 	unsigned long freed;		/* bumped when ring entries come back */
 	wait_queue_head_t space_wq;	/* tasks waiting for ring space */
 	struct rw_semaphore remove_sem;	/* add+notify vs. del_vqs */
@@ -250,6 +256,7 @@ struct vcd_request {
 struct vcd_file {
 	struct vcd_device *vcd;
 	u32 handle;			/* the device's handle for this file */
+	unsigned int epoch;		/* vcd->epoch at open */
 	struct xarray sessions;		/* session id -> VCD_SES_VALUE() (xa value) */
 	atomic_t nsessions;		/* entries in sessions, for the stats */
 	/* CIOCASYNCCRYPT requests in submission order, fetched from the head. */
@@ -628,7 +635,7 @@ static int vcd_queue(struct vcd_device *vcd, struct vcd_request *r, bool killabl
 			down_read(&vcd->remove_sem);
 		}
 		spin_lock_irq(&vcd->lock);
-		if (vcd->broken) {
+		if (vcd->broken || vcd->frozen) {
 			err = -ENODEV;
 		} else {
 			err = virtqueue_add_sgs(vcd->vq, sgs, 1 + r->nout, r->nin + 1, r,
@@ -1414,6 +1421,15 @@ static int vcd_crioget(struct file *filp, u32 __user *argp)
 	return 0;
 }
 
+/*
+ * A file opened before a suspend: the reset dropped its handle, whose number a newer
+ * file may hold by now, so nothing of this file reaches the device again.
+ */
+static bool vcd_file_stale(struct vcd_file *vf)
+{
+	return vf->epoch != READ_ONCE(vf->vcd->epoch);
+}
+
 static long vcd_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 {
 	struct vcd_file *vf = filp->private_data;
@@ -1427,6 +1443,9 @@ static long vcd_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 	u32 ses;
 	long err;
 
+	/* Results queued before the suspend may still be fetched (they failed). */
+	if (cmd != CIOCASYNCFETCH && vcd_file_stale(vf))
+		return -EBADF;
 	switch (cmd) {
 	case CIOCGSESSION:
 		if (copy_from_user(&sop, argp, sizeof(sop)))
@@ -1555,6 +1574,8 @@ static long vcd_compat_ioctl(struct file *filp, unsigned int cmd, unsigned long 
 	struct vcd_sess_args sa;
 	long err;
 
+	if (cmd != COMPAT_CIOCASYNCFETCH && vcd_file_stale(vf))
+		return -EBADF;
 	switch (cmd) {
 	case COMPAT_CIOCGSESSION:
 		if (copy_from_user(&sop, argp, sizeof(sop)))
@@ -1641,6 +1662,7 @@ static int vcd_open(struct inode *inode, struct file *filp)
 	if (!vf)
 		return -ENOMEM;
 	vf->vcd = vcd;
+	vf->epoch = READ_ONCE(vcd->epoch);
 	xa_init(&vf->sessions);
 	mutex_init(&vf->submit_lock);
 	spin_lock_init(&vf->alock);
@@ -1676,7 +1698,7 @@ static int vcd_release(struct inode *inode, struct file *filp)
 
 	vcd_async_drop(vf);
 	/* The device drops the handle's sessions with it (after its queued requests). */
-	err = vcd_close_handle(vf->vcd, vf->handle);
+	err = vcd_file_stale(vf) ? 0 : vcd_close_handle(vf->vcd, vf->handle);
 	if (err && err != -ENODEV)
 		dev_warn_ratelimited(&vf->vcd->dev, "closing handle %u failed: %d\n",
 				     vf->handle, err);
@@ -1734,6 +1756,8 @@ static void vcd_discover(struct vcd_device *vcd)
 		vcd->algs[CRYPTO_AES_GCM / 32] &= ~BIT(CRYPTO_AES_GCM % 32);
 }
 
+static void vcd_debugfs_add(struct vcd_device *vcd);
+
 static int vcd_probe(struct virtio_device *vdev)
 {
 	struct vcd_device *vcd;
@@ -1782,6 +1806,7 @@ static int vcd_probe(struct virtio_device *vdev)
 		goto out_vqs;
 	dev_info(&vdev->dev, "cryptodev%d: %u-entry queue\n", vcd->minor,
 		 virtqueue_get_vring_size(vcd->vq));
+	vcd_debugfs_add(vcd);
 	return 0;
 
 out_vqs:
@@ -1835,6 +1860,8 @@ static void vcd_remove(struct virtio_device *vdev)
 {
 	struct vcd_device *vcd = vdev->priv;
 
+	/* No suspend by hand: waits for a writer of the file to be done. */
+	debugfs_remove_recursive(vcd->debugfs);
 	/* No new opens; open files keep vcd alive but see -ENODEV from here on. */
 	cdev_device_del(&vcd->cdev, &vcd->dev);
 	vcd_stop(vcd);
@@ -1843,9 +1870,29 @@ static void vcd_remove(struct virtio_device *vdev)
 }
 
 #ifdef CONFIG_PM_SLEEP
+/* How long freeze lets requests already on the ring finish before failing them. */
+#define VCD_FREEZE_DRAIN	(10 * HZ)
+
+static bool vcd_idle(struct vcd_device *vcd)
+{
+	return !atomic_long_read(&vcd->stats.in_flight);
+}
+
+/*
+ * Suspend: no new requests; those on the ring are answered as usual (up to
+ * VCD_FREEZE_DRAIN), then the queue comes down as on removal.
+ */
 static int vcd_freeze(struct virtio_device *vdev)
 {
-	vcd_stop(vdev->priv);
+	struct vcd_device *vcd = vdev->priv;
+
+	spin_lock_irq(&vcd->lock);
+	vcd->frozen = true;
+	spin_unlock_irq(&vcd->lock);
+	if (!wait_event_timeout(vcd->space_wq, vcd_idle(vcd), VCD_FREEZE_DRAIN))
+		dev_warn(&vcd->dev, "suspending with %ld requests unanswered\n",
+			 atomic_long_read(&vcd->stats.in_flight));
+	vcd_stop(vcd);
 	return 0;
 }
 
@@ -1861,12 +1908,51 @@ static int vcd_restore(struct virtio_device *vdev)
 		return PTR_ERR(vq);
 	spin_lock_irq(&vcd->lock);
 	vcd->vq = vq;
+	WRITE_ONCE(vcd->epoch, vcd->epoch + 1);
 	spin_unlock_irq(&vcd->lock);
 	virtio_device_ready(vdev);
 	spin_lock_irq(&vcd->lock);
 	vcd->broken = false;
+	vcd->frozen = false;
 	spin_unlock_irq(&vcd->lock);
+	wake_up_all(&vcd->space_wq);
 	return 0;
+}
+
+static struct dentry *vcd_debugfs_root;
+
+/*
+ * debugfs <dev>/suspend: writing runs this device's freeze and restore as the PM core
+ * does (virtio_device_freeze/restore, which virtio-pci's suspend and resume call), for
+ * tests: a guest whose root is on virtio-9p cannot suspend as a whole.
+ */
+static ssize_t vcd_suspend_write(struct file *file, const char __user *buf, size_t len,
+				 loff_t *pos)
+{
+	struct vcd_device *vcd = file->private_data;
+	int err;
+
+	err = virtio_device_freeze(vcd->vdev);
+	if (!err)
+		err = virtio_device_restore(vcd->vdev);
+	return err ? err : len;
+}
+
+static const struct file_operations vcd_suspend_fops = {
+	.owner = THIS_MODULE,
+	.open = simple_open,
+	.write = vcd_suspend_write,
+	.llseek = no_llseek,
+};
+
+static void vcd_debugfs_add(struct vcd_device *vcd)
+{
+	vcd->debugfs = debugfs_create_dir(dev_name(&vcd->dev), vcd_debugfs_root);
+	debugfs_create_file("suspend", 0200, vcd->debugfs, vcd, &vcd_suspend_fops);
+}
+#else
+static void vcd_debugfs_add(struct vcd_device *vcd)
+{
 }
 #endif
 
@@ -1925,12 +2011,18 @@ static int __init vcd_init(void)
 		err = -ENOMEM;
 		goto out_class;
 	}
+#ifdef CONFIG_PM_SLEEP
+	vcd_debugfs_root = debugfs_create_dir(VCD_DRIVER_NAME, NULL);
+#endif
 	err = register_virtio_driver(&vcd_driver);
 	if (err)
 		goto out_wq;
 	return 0;
 
 out_wq:
+#ifdef CONFIG_PM_SLEEP
+	debugfs_remove_recursive(vcd_debugfs_root);
+#endif
 	destroy_workqueue(vcd_free_wq);
 out_class:
 	class_destroy(vcd_class);
@@ -1943,6 +2035,9 @@ static void __exit vcd_exit(void)
 {
 	/* Devices (and their char devices) go first, then what they live in. */
 	unregister_virtio_driver(&vcd_driver);
+#ifdef CONFIG_PM_SLEEP
+	debugfs_remove_recursive(vcd_debugfs_root);
+#endif
 	destroy_workqueue(vcd_free_wq);	/* after the last request was freed */
 	class_destroy(vcd_class);
 	unregister_chrdev_region(vcd_devt, VCD_MINORS);

@@ -9,6 +9,9 @@
  *   async budget           submit until the file is refused; poll()'s bits around it
  *   async close C N        C times: open, N requests in flight, close without fetching
  *   async kill C N         C times: a child puts N requests in flight and is killed
+ *   async suspend FILE N   N requests in flight and a child crypting in a loop while
+ *                          "1" is written to FILE (debugfs <dev>/suspend: freeze and
+ *                          restore); then what each got, and whether a new file works
  *
  * The requests of "inflight" go round four kinds, each through the 8 sizes in turn:
  * AES-128-CBC with its own IV (separate dst), the same in place, AES-128-CBC on one
@@ -316,6 +319,139 @@ static int kill_cycles(unsigned int cycles, unsigned int n)
 	return 0;
 }
 
+static void cbc_once(int fd, __u32 ses, unsigned char *buf, unsigned int len,
+		     unsigned char *out)
+{
+	unsigned char iv[16];
+	struct crypt_op cop;
+
+	pattern(iv, sizeof(iv), 77);
+	memset(&cop, 0, sizeof(cop));
+	cop.ses = ses;
+	cop.op = COP_ENCRYPT;
+	cop.len = len;
+	cop.src = buf;
+	cop.dst = out;
+	cop.iv = iv;
+	if (ioctl(fd, CIOCCRYPT, &cop))
+		die("CIOCCRYPT");
+}
+
+static int suspend(const char *file, unsigned int n)
+{
+	unsigned char iv[16], *src = xmalloc(262144), *check = xmalloc(262144);
+	unsigned char **dst = calloc(n, sizeof(*dst));
+	unsigned long ok = 0, failed = 0, wrong = 0, waits = 0;
+	struct crypt_op cop;
+	int fd, nfd, sfd, status, err;
+	__u32 ses, nses;
+	unsigned int i;
+	char line[128];
+	int report[2], resumed[2], first;
+	ssize_t got;
+	pid_t pid;
+
+	if (!dst || pipe(report) || pipe(resumed))
+		die("setup");
+	pattern(src, 262144, 1);
+	pattern(iv, sizeof(iv), 77);
+	pid = fork();
+	if (pid < 0)
+		die("fork");
+	if (pid == 0) {
+		unsigned long done = 0;
+		int cfd = open_dev();
+		__u32 cses = session(cfd, CRYPTO_AES_CBC, 0, 1);
+
+		close(report[0]);
+		for (;;) {
+			memset(&cop, 0, sizeof(cop));
+			cop.ses = cses;
+			cop.op = COP_ENCRYPT;
+			cop.len = 4096;
+			cop.src = src;
+			cop.dst = check;
+			cop.iv = iv;
+			if (ioctl(cfd, CIOCCRYPT, &cop))
+				break;
+			done++;
+			if (done == 1 && write(report[1], "r", 1) != 1)
+				_exit(1);
+		}
+		first = errno;
+		/* After the restore it must go on failing, with EBADF: it predates the reset. */
+		if (read(resumed[0], line, 1) != 1)
+			_exit(1);
+		err = ioctl(cfd, CIOCCRYPT, &cop) ? errno : 0;
+		got = snprintf(line, sizeof(line), "child done %lu first %s then %s\n", done,
+			       strerror(first), strerror(err));
+		if (write(report[1], line, got) != got)
+			_exit(1);
+		_exit(0);
+	}
+	close(report[1]);
+	if (read(report[0], line, 1) != 1)
+		die("child did not start");
+
+	fd = open_dev();
+	ses = session(fd, CRYPTO_AES_CBC, 0, 1);
+	for (i = 0; i < n; i++) {
+		dst[i] = xmalloc(sizes[i % 8]);
+		memset(&cop, 0, sizeof(cop));
+		cop.ses = ses;
+		cop.op = COP_ENCRYPT;
+		cop.len = sizes[i % 8];
+		cop.src = src;
+		cop.dst = dst[i];
+		cop.iv = iv;
+		submit(fd, &cop);
+	}
+	sfd = open(file, O_WRONLY);
+	if (sfd < 0 || write(sfd, "1", 1) != 1)
+		die("suspend");
+	close(sfd);
+	if (write(resumed[1], "r", 1) != 1)
+		die("resumed");
+
+	nfd = open_dev();
+	nses = session(nfd, CRYPTO_AES_CBC, 0, 1);
+	for (i = 0; i < n; i++) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+
+		while ((err = ioctl(fd, CIOCASYNCFETCH, &cop) ? errno : 0) == EBUSY) {
+			waits++;
+			if (poll(&p, 1, 10000) <= 0)
+				die("poll");
+		}
+		if (err == ENODEV) {
+			failed++;	/* on the ring when the device was reset */
+			continue;
+		}
+		if (err)
+			die("CIOCASYNCFETCH");
+		if (cop.dst != dst[i])
+			die("fetch order");
+		/* Answered before the reset: the same bytes a new file gets now. */
+		cbc_once(nfd, nses, src, cop.len, check);
+		if (memcmp(check, dst[i], cop.len))
+			wrong++;
+		ok++;
+	}
+	err = ioctl(fd, CIOCCRYPT, &cop) ? errno : 0;
+	printf("fetched ok %lu failed %lu wrong %lu\n", ok, failed, wrong);
+	printf("old file %s\n", err ? strerror(err) : "works");
+	cbc_once(nfd, nses, src, 16, check);
+	printf("new file %02x%02x%02x%02x\n", check[0], check[1], check[2], check[3]);
+	close(nfd);
+	close(fd);
+	got = read(report[0], line, sizeof(line) - 1);
+	if (got <= 0 || waitpid(pid, &status, 0) != pid)
+		die("child");
+	line[got] = 0;
+	fputs(line, stdout);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -327,6 +463,9 @@ int main(int argc, char **argv)
 		return close_cycles(atoi(argv[2]), atoi(argv[3]));
 	if (argc == 4 && !strcmp(argv[1], "kill"))
 		return kill_cycles(atoi(argv[2]), atoi(argv[3]));
-	fprintf(stderr, "usage: async inflight N OUT | budget | close C N | kill C N\n");
+	if (argc == 4 && !strcmp(argv[1], "suspend"))
+		return suspend(argv[2], atoi(argv[3]));
+	fprintf(stderr, "usage: async inflight N OUT | budget | close C N | kill C N | "
+		"suspend FILE N\n");
 	return 2;
 }

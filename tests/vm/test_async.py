@@ -142,3 +142,26 @@ def test_close_and_kill_with_requests_in_flight_leak_nothing(guest: Any, client:
     assert qemu_fds(guest) <= fds
     _run(guest, client, "inflight", 40, Path(guest.shared_dir) / "async-after.bin")
     assert_console_clean(guest)
+
+
+def test_suspend_with_requests_in_flight(guest: Any, client: Path) -> None:
+    """Freeze and restore (as the PM core runs them) while 200 requests are in flight
+    and another process crypts in a loop: each request is answered correctly or fails
+    with ENODEV, files from before get EBADF and never reach the device again, a new
+    file works, and neither side keeps anything."""
+    script = (
+        "mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug; "
+        f"exec {client} suspend /sys/kernel/debug/virtio-cryptodev/cryptodev0/suspend 200"
+    )
+    out = _run(guest, "sh", "-c", script).splitlines()
+    m = re.fullmatch(r"fetched ok (\d+) failed (\d+) wrong 0", out[0])
+    assert m and int(m[1]) + int(m[2]) == 200, out
+    key, iv, src = _pattern(16, 1), _pattern(16, 77), _pattern(16, 1)
+    assert out[1:3] == ["old file Bad file descriptor", f"new file {_cbc(key, iv, src)[:4].hex()}"]
+    # The child's loop fails during the freeze (ENODEV) or after it (EBADF), then EBADF.
+    first = "(No such device|Bad file descriptor)"
+    assert re.fullmatch(rf"child done [1-9]\d* first {first} then Bad file descriptor", out[3])
+    assert _host_counts(guest) == (0, 0, 0)
+    after = _guest_counts(guest)
+    assert after["in_flight"] == 0 and after["open_files"] == 0 and after["sessions"] == 0
+    assert_console_clean(guest)
