@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac as std_hmac
 import itertools
+import os
 import random
 import struct
 from collections.abc import Iterator
@@ -79,13 +80,20 @@ MACS = {
 }
 
 
+# The engine under test and the QEMU that runs it: builtin, and our build, here;
+# tests/vm/test_host_engine.py runs this file in a guest with engine=host over the
+# guest's /dev/crypto (our own device there) and the host's QEMU binary.
+ENGINE = os.environ.get("CDEV_QTEST_ENGINE", "builtin")
+
+
 @pytest.fixture(scope="module")
 def qemu_binary() -> Path:
-    return qemu_build.ensure_qemu()
+    given = os.environ.get("CDEV_QTEST_QEMU")
+    return Path(given) if given else qemu_build.ensure_qemu()
 
 
 def boot(qemu: Path, *props: str) -> tuple[Qtest, VirtioCryptodev]:
-    opts = ",".join(("virtio-cryptodev-pci", "engine=builtin", *props))
+    opts = ",".join(("virtio-cryptodev-pci", f"engine={ENGINE}", *props))
     qt = Qtest(qemu, qemu_build.firmware_dirs(), ["-device", opts])
     return qt, VirtioCryptodev(qt)
 
