@@ -9,6 +9,8 @@
  *   async budget           submit until the file is refused; poll()'s bits around it
  *   async close C N        C times: open, N requests in flight, close without fetching
  *   async kill C N         C times: a child puts N requests in flight and is killed
+ *   async limits           what a 64 KiB and a 256 KiB CIOCCRYPT and a CIOCASYNCCRYPT get
+ *                          (for a device without indirect descriptors or VCD_F_ORDERED)
  *   async suspend FILE N   N requests in flight and a child crypting in a loop while
  *                          "1" is written to FILE (debugfs <dev>/suspend: freeze and
  *                          restore); then what each got, and whether a new file works
@@ -452,6 +454,32 @@ static int suspend(const char *file, unsigned int n)
 	return 0;
 }
 
+static int limits(void)
+{
+	static unsigned char buf[262144], out[262144];
+	unsigned int lens[2] = { 65536, 262144 }, i;
+	unsigned char iv[16] = { 0 };
+	struct crypt_op cop;
+	int fd = open_dev(), err;
+
+	memset(&cop, 0, sizeof(cop));
+	cop.ses = session(fd, CRYPTO_AES_CBC, 0, 1);
+	cop.op = COP_ENCRYPT;
+	cop.src = buf;
+	cop.dst = out;
+	cop.iv = iv;
+	for (i = 0; i < 2; i++) {
+		cop.len = lens[i];
+		err = ioctl(fd, CIOCCRYPT, &cop) ? errno : 0;
+		printf("crypt %u %s\n", lens[i], err ? strerror(err) : "ok");
+	}
+	cop.len = 64;
+	err = ioctl(fd, CIOCASYNCCRYPT, &cop) ? errno : 0;
+	printf("async %s\n", err ? strerror(err) : "ok");
+	close(fd);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -463,9 +491,11 @@ int main(int argc, char **argv)
 		return close_cycles(atoi(argv[2]), atoi(argv[3]));
 	if (argc == 4 && !strcmp(argv[1], "kill"))
 		return kill_cycles(atoi(argv[2]), atoi(argv[3]));
+	if (argc == 2 && !strcmp(argv[1], "limits"))
+		return limits();
 	if (argc == 4 && !strcmp(argv[1], "suspend"))
 		return suspend(argv[2], atoi(argv[3]));
 	fprintf(stderr, "usage: async inflight N OUT | budget | close C N | kill C N | "
-		"suspend FILE N\n");
+		"limits | suspend FILE N\n");
 	return 2;
 }
