@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from cdev.errors import CdevError
 from cdev.vm.guest import Guest
+from tests.vm.own_guest import own_guest
 from tests.vm.test_frontend import assert_console_clean
 
 pytestmark = pytest.mark.vm
@@ -30,21 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def guest2() -> Iterator[Guest]:
-    try:
-        g = Guest(
-            cryptodev=True,
-            module=True,
-            extra_args=["-device", "virtio-cryptodev-pci,indirect_desc=off,ordered=off"],
-        )
-        g.start()
-    except CdevError as exc:
-        pytest.fail(f"cannot boot a guest with the devices: {exc}")
-    try:
-        if g.module_error:
-            pytest.fail(f"module did not load: {g.module_error}")
+    older = "virtio-cryptodev-pci,indirect_desc=off,ordered=off"
+    with own_guest(extra_args=["-device", older]) as g:
         yield g
-    finally:
-        g.close()
 
 
 def _limits(g: Any, node: str) -> list[str]:
