@@ -32,6 +32,9 @@ BLOCK_ENV = "CDEV_BLOCK_PLUGINS"
 # The distribution that ships cdev and its built-in plugins. ``cdev`` on the package index
 # is an unrelated project: the command is ``cdev``, the distribution is not.
 BUILTIN_DIST = "cdev-toolkit"
+# What --provider means when it is not given (every command that takes one).
+PROVIDER_ENV = "CDEV_PROVIDER"
+DEFAULT_PROVIDER = "software"
 
 
 @dataclass
@@ -150,6 +153,11 @@ class Registry:
             self._call("cdev_register_commands", info, app=app)
             info.commands.extend(sorted(_command_names(app) - before))
 
+    def adds_commands(self) -> bool:
+        """Whether a loaded plugin implements ``cdev_register_commands`` (and so might add
+        or replace any command)."""
+        return bool(self.pm.hook.cdev_register_commands.get_hookimpls())
+
     # -- use -----------------------------------------------------------------------------
     def open_provider(self, spec: str) -> Provider:
         """Open ``NAME`` or ``NAME:ARG``; one-line UnavailableError for unknown names."""
@@ -243,6 +251,21 @@ def select(
         else:
             chosen.append(name)
     return chosen, skipped
+
+
+def plugin_options(argv: list[str]) -> tuple[str | None, str | None]:
+    """``--load-plugins`` and ``--block-plugins`` from a ``cdev`` command line: plugins
+    must be loaded before the command line is parsed, since they add commands."""
+    found: dict[str, str | None] = {"--load-plugins": None, "--block-plugins": None}
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        for opt in found:
+            if arg == opt and i + 1 < len(argv):
+                found[opt] = argv[i + 1]
+            elif arg.startswith(opt + "="):
+                found[opt] = arg.split("=", 1)[1]
+    return found["--load-plugins"], found["--block-plugins"]
 
 
 def load_registry(load: str | None = None, block: str | None = None) -> Registry:
