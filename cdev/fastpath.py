@@ -10,7 +10,8 @@ an empty value, an out-of-range number, options before ``crypt``, or a plugin th
 commands and so might replace ``crypt``) goes to typer unchanged, which parses it, prints
 its help or its usage error. The work itself is :func:`cdev.crypt_run.run` either way,
 and errors are reported the same way as under typer
-(:func:`cdev.errors.run_guarded`).
+(:func:`cdev.errors.run_guarded`). For the same reason only the plugin of the provider in
+use is imported when all plugins are built-in (:func:`cdev.plugins.load_for_provider`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,15 @@ import os
 import sys
 from pathlib import Path
 
-from cdev.errors import run_guarded
-from cdev.plugins import PROVIDER_ENV, load_registry, plugin_options, set_registry
+from cdev.errors import EXIT_INTERRUPTED, run_guarded
+from cdev.plugins import (
+    DEFAULT_PROVIDER,
+    PROVIDER_ENV,
+    load_for_provider,
+    load_registry,
+    plugin_options,
+    set_registry,
+)
 
 # Every option of `cdev crypt encrypt` / `decrypt`: the spellings typer accepts, the
 # CryptArgs field it sets, and whether it takes a value (else it is a flag). A test holds
@@ -108,20 +116,25 @@ def _typed(fields: dict[str, object]) -> dict[str, object] | None:
 
 def main() -> None:
     argv = sys.argv[1:]
+    fields = parse_crypt(argv[1:]) if argv[:1] == ["crypt"] else None
     try:
         load, block = plugin_options(argv)
-        registry = load_registry(load, block)
+        if fields is not None:
+            provider = str(fields.get("provider", DEFAULT_PROVIDER)).partition(":")[0]
+            registry, complete = load_for_provider(provider, load, block)
+            if complete and registry.adds_commands():
+                fields = None  # a plugin's command may replace crypt: typer decides
+        else:
+            registry = load_registry(load, block)
     except KeyboardInterrupt:
         print("cdev: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     set_registry(registry)
-    if argv[:1] == ["crypt"] and not registry.adds_commands():
-        fields = parse_crypt(argv[1:])
-        if fields is not None:
-            from cdev.crypt_run import CryptArgs, run
+    if fields is not None:
+        from cdev.crypt_run import CryptArgs, run
 
-            args = CryptArgs(**fields)  # type: ignore[arg-type]
-            sys.exit(run_guarded(lambda: run(args)))
+        args = CryptArgs(**fields)  # type: ignore[arg-type]
+        sys.exit(run_guarded(lambda: run(args)))
     from cdev.cli import build_app
 
     build_app(registry)(prog_name="cdev")

@@ -115,7 +115,9 @@ def test_crypt_does_not_start_the_cli_framework(tmp_path: Path) -> None:
     (tmp_path / "key").write_text(KEY)
     data = os.urandom(100_000)
     (tmp_path / "in").write_bytes(data)
-    heavy = {"typer", "pydantic", "rich", "click"}
+    # The CLI framework, and what only the chat transports (asyncio) or the device
+    # providers (ctypes) need: their plugins are not imported.
+    heavy = {"typer", "pydantic", "rich", "click", "asyncio", "ctypes"}
     for argv in (
         ["crypt", "encrypt", "in", "-o", "in.cdev", "--key-file", "key"],
         ["crypt", "decrypt", "in.cdev", "--output=out", "--key-file=key", "-f"],
@@ -196,3 +198,37 @@ def test_a_plugin_that_adds_commands_keeps_crypt_under_typer(tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == b"my encrypt x\n"
     assert not (tmp_path / "x.cdev").exists()
+
+
+def test_builtin_plugins_add_no_commands() -> None:
+    # What lets `cdev crypt` import only its provider's plugin when no other is installed.
+    from cdev.plugins import BUILTIN_DIST, load_registry
+
+    registry = load_registry()
+    assert all(p.origin == "built-in" for p in registry.plugins.values()), BUILTIN_DIST
+    assert not registry.adds_commands()
+
+
+def test_a_third_party_plugin_is_loaded_and_reported_on_crypt_runs(tmp_path: Path) -> None:
+    make_dist(tmp_path, "broken-import", "broken_import", "raise RuntimeError('boom')\n")
+    (tmp_path / "key").write_text(KEY)
+    (tmp_path / "in").write_bytes(b"data")
+    env = {"PYTHONPATH": str(tmp_path)}
+    proc = run_cdev("crypt", "encrypt", "in", "--key-file", "key", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert b"plugin 'broken-import' failed to import" in proc.stderr
+    # Blocked, it is not loaded, and crypt is quiet again.
+    env["CDEV_BLOCK_PLUGINS"] = "broken-import"
+    proc = run_cdev("crypt", "decrypt", "in.cdev", "-o", "out", "--key-file", "key", env=env,
+                    cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0 and proc.stderr == b""
+    assert (tmp_path / "out").read_bytes() == b"data"
+
+
+def test_providers_of_other_plugins_still_open(tmp_path: Path) -> None:
+    # The provider's name is not a built-in plugin's name: every plugin is loaded.
+    (tmp_path / "key").write_text(KEY)
+    (tmp_path / "in").write_bytes(b"data")
+    proc = run_cdev("crypt", "encrypt", "in", "--key-file", "key", "-p", "nope", cwd=tmp_path)
+    line = assert_one_line_error(proc, 2)
+    assert "unknown provider 'nope' (available: afalg, cryptodev, software, virtio)" in line
