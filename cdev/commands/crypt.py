@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from cdev.commands.options import PassphraseFileOption, ProviderOption
-from cdev.crypt_run import RAW_CIPHER_DEFAULT, CryptArgs, check_suite, run
+from cdev.crypt_run import RAW_CIPHER_DEFAULT, CryptArgs, run
 from cdev.keys import MIN_LOG_N, ScryptParams
 
 app = typer.Typer(
@@ -81,7 +81,7 @@ def encrypt(
             key_hex,
             iv_hex,
             work_factor,
-            check_suite(suite),
+            suite,
         )
     )
 
