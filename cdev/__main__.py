@@ -1,3 +1,3 @@
-from cdev.cli import main
+from cdev.fastpath import main
 
 main()

@@ -8,7 +8,6 @@ plugins add theirs through the ``cdev_register_commands`` hook. Errors raised as
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from typing import Any
 
@@ -17,8 +16,16 @@ import typer.main
 from typer.core import TyperGroup
 
 from cdev import __version__
-from cdev.errors import EXIT_FAILURE, CdevError
-from cdev.plugins import BLOCK_ENV, LOAD_ENV, Registry, get_registry, load_registry, set_registry
+from cdev.errors import error_exit
+from cdev.plugins import (
+    BLOCK_ENV,
+    LOAD_ENV,
+    Registry,
+    get_registry,
+    load_registry,
+    plugin_options,
+    set_registry,
+)
 
 # Built-in commands and their modules, in the order `cdev --help` lists them. A module is
 # imported only when its command runs (or help lists it): start-up stays fast.
@@ -33,13 +40,6 @@ BUILTIN_COMMANDS = {
     "vm": "cdev.commands.vm",
     "vq-trace": "cdev.commands.vqtrace",
 }
-
-DEBUG_ENV = "CDEV_DEBUG"
-
-
-def fail(message: str, code: int) -> typer.Exit:
-    print(f"cdev: {message}", file=sys.stderr)
-    return typer.Exit(code)
 
 
 class CdevGroup(TyperGroup):
@@ -60,25 +60,20 @@ class CdevGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except CdevError as exc:
-            raise fail(str(exc), exc.exit_code) from None
-        except KeyboardInterrupt:
-            raise fail("interrupted", 130) from None
-        except BrokenPipeError:
-            # Reader went away (cdev ... | head): not an error worth a message.
-            _silence_stdout()
-            raise typer.Exit(EXIT_FAILURE) from None
         except (typer.Exit, typer.Abort):
             raise
-        except Exception as exc:
-            if os.environ.get(DEBUG_ENV):
+        except BaseException as exc:
+            if isinstance(exc, Exception) and (
+                type(exc).__module__.startswith("typer") or type(exc).__name__.endswith("Exit")
+            ):
+                raise  # typer's and click's own, which they report themselves
+            found = error_exit(exc)
+            if found is None:
                 raise
-            if type(exc).__module__.startswith("typer") or type(exc).__name__.endswith("Exit"):
-                raise
-            raise fail(
-                f"internal error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for a traceback)",
-                EXIT_FAILURE,
-            ) from None
+            message, code = found
+            if message is not None:
+                print(f"cdev: {message}", file=sys.stderr)
+            raise typer.Exit(code) from None
 
 
 def _load_builtin(name: str) -> Any:
@@ -88,14 +83,6 @@ def _load_builtin(name: str) -> Any:
     holder.callback()(lambda: None)  # force a group, so that the command keeps its name
     group = typer.main.get_command(holder)
     return group.commands[name]  # type: ignore[attr-defined]
-
-
-def _silence_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass
 
 
 def _version(value: bool) -> None:
@@ -147,20 +134,8 @@ def build_app(registry: Registry | None = None) -> typer.Typer:
     return app
 
 
-def _plugin_options(argv: list[str]) -> tuple[str | None, str | None]:
-    found: dict[str, str | None] = {"--load-plugins": None, "--block-plugins": None}
-    for i, arg in enumerate(argv):
-        if arg == "--":
-            break
-        for opt in found:
-            if arg == opt and i + 1 < len(argv):
-                found[opt] = argv[i + 1]
-            elif arg.startswith(opt + "="):
-                found[opt] = arg.split("=", 1)[1]
-    return found["--load-plugins"], found["--block-plugins"]
-
-
 def main() -> None:
-    load, block = _plugin_options(sys.argv[1:])
+    """The CLI through typer only (``cdev`` itself starts in :func:`cdev.fastpath.main`)."""
+    load, block = plugin_options(sys.argv[1:])
     app = build_app(load_registry(load, block))
     app(prog_name="cdev")

@@ -57,7 +57,7 @@ _HEADER_BODY = struct.Struct(">8sBBBBBBBx16s")  # 32 bytes, then a 32-byte tag
 RECORD = AES_BLOCK + CHUNK + HMAC_SHA256_SIZE  # a full (non-final) chunk on disk
 MIN_FINAL = AES_BLOCK + AES_BLOCK + HMAC_SHA256_SIZE
 
-THREADS_ENV = "CDEV_THREADS"  # worker threads for chunk crypto; default: up to 2
+THREADS_ENV = "CDEV_THREADS"  # threads for chunk crypto (suite 2: 2 at most); default: up to 2
 
 Progress = Callable[[int], None]  # called with the number of input bytes just consumed
 

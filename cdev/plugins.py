@@ -17,14 +17,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from cdev import hookspecs
 from cdev.errors import UnavailableError
 from cdev.provider import Provider, ProviderEntry, ProviderFactory
-from cdev.transport import Transport, TransportEntry
+
+if TYPE_CHECKING:  # cdev.transport imports asyncio, which only chat needs
+    from cdev.transport import Transport, TransportEntry
 
 ENTRY_POINT_GROUP = "cdev"
 LOAD_ENV = "CDEV_LOAD_PLUGINS"
@@ -32,6 +34,9 @@ BLOCK_ENV = "CDEV_BLOCK_PLUGINS"
 # The distribution that ships cdev and its built-in plugins. ``cdev`` on the package index
 # is an unrelated project: the command is ``cdev``, the distribution is not.
 BUILTIN_DIST = "cdev-toolkit"
+# What --provider means when it is not given (every command that takes one).
+PROVIDER_ENV = "CDEV_PROVIDER"
+DEFAULT_PROVIDER = "software"
 
 
 @dataclass
@@ -135,6 +140,8 @@ class Registry:
                 other = self.transports[name].plugin
                 _warn(f"plugin {info.name!r} registers transport {name!r}, already from {other!r}")
                 return
+            from cdev.transport import TransportEntry
+
             self.transports[name] = TransportEntry(name, description, factory, info.name)
             info.transports.append(name)
 
@@ -149,6 +156,11 @@ class Registry:
             before = _command_names(app)
             self._call("cdev_register_commands", info, app=app)
             info.commands.extend(sorted(_command_names(app) - before))
+
+    def adds_commands(self) -> bool:
+        """Whether a loaded plugin implements ``cdev_register_commands`` (and so might add
+        or replace any command)."""
+        return bool(self.pm.hook.cdev_register_commands.get_hookimpls())
 
     # -- use -----------------------------------------------------------------------------
     def open_provider(self, spec: str) -> Provider:
@@ -245,22 +257,55 @@ def select(
     return chosen, skipped
 
 
-def load_registry(load: str | None = None, block: str | None = None) -> Registry:
-    """Discover and load plugins. ``load``/``block`` override the environment variables."""
+def plugin_options(argv: list[str]) -> tuple[str | None, str | None]:
+    """``--load-plugins`` and ``--block-plugins`` from a ``cdev`` command line: plugins
+    must be loaded before the command line is parsed, since they add commands."""
+    found: dict[str, str | None] = {"--load-plugins": None, "--block-plugins": None}
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        for opt in found:
+            if arg == opt and i + 1 < len(argv):
+                found[opt] = argv[i + 1]
+            elif arg.startswith(opt + "="):
+                found[opt] = arg.split("=", 1)[1]
+    return found["--load-plugins"], found["--block-plugins"]
+
+
+@dataclass
+class _Selection:
+    """The plugins to load, found without importing any."""
+
+    eps: dict[str, EntryPoint]
+    clashes: dict[str, list[str]]
+    chosen: list[str]
+    load_set: set[str] | None
+
+
+def _select_plugins(load: str | None, block: str | None) -> _Selection:
     load_set = _names(load if load is not None else os.environ.get(LOAD_ENV))
     block_set = _names(block if block is not None else os.environ.get(BLOCK_ENV))
-    registry = Registry()
     eps, clashes = discover()
     chosen, _ = select(sorted(eps), load_set, block_set)
-    for name in chosen:  # a blocked name's clash does not matter
-        for message in clashes.get(name, []):
+    return _Selection(eps, clashes, chosen, load_set)
+
+
+def _new_registry(sel: _Selection) -> Registry:
+    """An empty registry, after reporting what is wrong with the selection itself."""
+    registry = Registry()
+    for name in sel.chosen:  # a blocked name's clash does not matter
+        for message in sel.clashes.get(name, []):
             registry.problems.append(message)
             _warn(message)
-    if load_set:
-        for missing in sorted(load_set - set(eps)):
+    if sel.load_set:
+        for missing in sorted(sel.load_set - set(sel.eps)):
             _warn(f"plugin {missing!r} named in {LOAD_ENV} / --load-plugins is not installed")
-    for name in chosen:
-        ep = eps[name]
+    return registry
+
+
+def _load_plugins(registry: Registry, sel: _Selection, names: Iterable[str]) -> None:
+    for name in names:
+        ep = sel.eps[name]
         origin, version = _origin(ep)
         info = PluginInfo(name=name, version=version, origin=origin, module=ep.value)
         try:
@@ -269,7 +314,37 @@ def load_registry(load: str | None = None, block: str | None = None) -> Registry
             registry._fail(info, f"failed to import ({ep.value}): {_one_line(exc)}")
             continue
         registry.add_plugin(module, info)
+
+
+def load_registry(load: str | None = None, block: str | None = None) -> Registry:
+    """Discover and load plugins. ``load``/``block`` override the environment variables."""
+    sel = _select_plugins(load, block)
+    registry = _new_registry(sel)
+    _load_plugins(registry, sel, sel.chosen)
     return registry
+
+
+def load_for_provider(
+    provider: str, load: str | None = None, block: str | None = None
+) -> tuple[Registry, bool]:
+    """A registry that can open ``provider`` (a name, without ``:ARG``), and whether it
+    holds every selected plugin.
+
+    When every selected plugin is built-in, only the one named after the provider is
+    imported, if it registers it: the others (chat transports, device providers) cost more
+    start-up time than a small file takes to encrypt, and built-in plugins add no
+    commands. Anything else (a third-party plugin, a provider of another name) loads all,
+    as :func:`load_registry` does. Clashes are reported either way.
+    """
+    sel = _select_plugins(load, block)
+    registry = _new_registry(sel)
+    builtin_only = all(_dist_name(sel.eps[n]) == BUILTIN_DIST for n in sel.chosen)
+    if builtin_only and provider in sel.chosen:
+        _load_plugins(registry, sel, [provider])
+        if provider in registry.providers:
+            return registry, False
+    _load_plugins(registry, sel, (n for n in sel.chosen if n not in registry.plugins))
+    return registry, True
 
 
 _registry: Registry | None = None

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import typer
 
-PROVIDER_ENV = "CDEV_PROVIDER"
-DEFAULT_PROVIDER = "software"
+from cdev.plugins import DEFAULT_PROVIDER, PROVIDER_ENV
 
 ProviderOption = typer.Option(
     DEFAULT_PROVIDER,
