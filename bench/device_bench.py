@@ -330,16 +330,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
               ("inflight32", "aes-cbc", "AES-128-CBC, 32 in flight"))  # fmt: skip
     fig, axes = figures.new(3, f"virtio-cryptodev in the guest, {result['date']}\n"
                             f"{result['conditions']}", width=5.0)  # fmt: skip
+    # One colour per contender across the panels.
+    every = sorted({(str(r["lang"]), str(r["who"])) for r in recs})
+    colours = {k: figures.COLOURS[i % 10] for i, k in enumerate(every)}
     for ax, (mode, alg, title) in zip(axes, panels, strict=True):
         lines: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in recs:
             if r["mode"] == mode and r["alg"] == alg:
                 lines.setdefault((r["lang"], r["who"]), []).append(r)
-        for i, ((lang, who), rs) in enumerate(sorted(lines.items())):
+        for (lang, who), rs in sorted(lines.items()):
             rs.sort(key=lambda r: int(r["size"]))
             sizes = [int(r["size"]) for r in rs]
             mb = [[float(v) * int(r["size"]) / 1e6 for v in r["ops"]] for r in rs]
-            colour = figures.COLOURS[i % 10]
+            colour = colours[(lang, who)]
             ax.plot(sizes, [statistics.median(v) for v in mb], marker="o", color=colour,
                     label=f"{lang} {who}", linestyle="-" if lang == "c" else "--")  # fmt: skip
             ax.fill_between(sizes, [min(v) for v in mb], [max(v) for v in mb], color=colour,
