@@ -144,6 +144,8 @@ struct cphash_op {
 #define CIOCASYMFEAT	_IOR('c', 106, __u32)
 #define CIOCGSESSINFO	_IOWR('c', 107, struct session_info_op)
 #define CIOCAUTHCRYPT	_IOWR('c', 109, struct crypt_auth_op)
+#define CIOCASYNCCRYPT	_IOW('c', 110, struct crypt_op)
+#define CIOCASYNCFETCH	_IOR('c', 111, struct crypt_op)
 #define CIOCCPHASH	_IOW('c', 112, struct cphash_op)
 
 #endif /* CRYPTODEV_ABI_H */

@@ -23,9 +23,15 @@
  * whose waiter was killed after the host created the handle or session has it closed
  * or destroyed by a work item, so host and guest counts never drift.
  *
- * Suspend/hibernate: freeze takes the queue down as removal does (waiting requests
- * fail with -ENODEV); restore brings it back. The reset between them drops every
- * handle and session on the host, so files opened before answer -EBADF afterwards.
+ * CIOCASYNCCRYPT requests have no waiting task: the file holds the first reference on
+ * vf->async (submission order) until CIOCASYNCFETCH or release takes it; the callback
+ * wakes vf->async_wq through r->waitq, which release clears under vcd->lock.
+ *
+ * Suspend/hibernate: freeze refuses new requests (-ENODEV), lets those on the ring be
+ * answered, then takes the queue down as removal does; restore brings it back. The
+ * reset between them drops every handle and session on the host, so files opened
+ * before answer -EBADF afterwards and never send anything again (their handle number
+ * may belong to a newer file by then).
  */
 
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -33,12 +39,15 @@
 #include <linux/cdev.h>
 #include <linux/compat.h>
 #include <linux/completion.h>
+#include <linux/debugfs.h>
 #include <linux/device.h>
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/idr.h>
 #include <linux/mm.h>
 #include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/poll.h>
 #include <linux/refcount.h>
 #include <linux/rwsem.h>
 #include <linux/scatterlist.h>
@@ -126,6 +135,9 @@ struct vcd_device {
 	struct virtqueue *vq;		/* NULL once removed */
 	spinlock_t lock;		/* guards vq and broken */
 	bool broken;			/* removed: fail every request */
+	bool frozen;			/* suspending: no new requests, answers still come */
+	unsigned int epoch;		/* bumped by restore: older files' handles are gone */
+	struct dentry *debugfs;
 	unsigned long freed;		/* bumped when ring entries come back */
 	wait_queue_head_t space_wq;	/* tasks waiting for ring space */
 	struct rw_semaphore remove_sem;	/* add+notify vs. del_vqs */
@@ -139,6 +151,8 @@ struct vcd_device {
 	bool algs_f;			/* VCD_F_ALGS negotiated */
 	bool multipart_f;		/* VCD_F_MULTIPART negotiated */
 	bool aead_f;			/* VCD_F_AEAD negotiated */
+	bool ordered_f;			/* VCD_F_ORDERED negotiated: async allowed */
+	atomic_t nasync;		/* async requests not fetched yet, all files */
 	u32 algs[VCD_ALG_BITS / 32];	/* what the device has, by number */
 	int minor;
 	struct cdev cdev;
@@ -169,35 +183,6 @@ struct vcd_buf {
 	bool sensitive;			/* holds a key: wipe before freeing */
 };
 
-/*
- * Most payload and result buffers of one call: AEAD header + iv + aad + src;
- * dst + IV out + digest.
- */
-#define VCD_MAX_OUT	4
-#define VCD_MAX_IN	3
-
-struct vcd_request {
-	refcount_t ref;
-	struct completion done;
-	struct list_head node;		/* on vcd->orphans */
-	int err;			/* -ENODEV if failed by removal */
-	bool abandoned;			/* waiter gone; under vcd->lock */
-	unsigned int written;		/* bytes the device reported */
-	unsigned int nout, nin;
-	struct vcd_buf out[VCD_MAX_OUT];	/* device-readable payload */
-	struct vcd_buf in[VCD_MAX_IN];		/* device-writable results */
-	struct work_struct free_work;	/* unpinning may sleep: not from the callback */
-	struct vcd_req req;
-	struct vcd_resp resp ____cacheline_aligned;
-};
-
-struct vcd_file {
-	struct vcd_device *vcd;
-	u32 handle;			/* the device's handle for this file */
-	struct xarray sessions;		/* session id -> VCD_SES_VALUE() (xa value) */
-	atomic_t nsessions;		/* entries in sessions, for the stats */
-};
-
 /* Arguments of the ioctls, independent of the caller's pointer size. */
 struct vcd_sess_args {
 	u32 cipher, mac, keylen, mackeylen, ses;
@@ -222,6 +207,64 @@ struct vcd_crypt_args {
 	u8 __user *dst;
 	u8 __user *mac;
 	u8 __user *iv;
+};
+
+/*
+ * Most payload and result buffers of one call: AEAD header + iv + aad + src;
+ * dst + IV out + digest.
+ */
+#define VCD_MAX_OUT	4
+#define VCD_MAX_IN	3
+
+/* Where a CRYPT's results go once it is answered. */
+struct vcd_crypt_out {
+	struct vcd_crypt_args args;	/* the caller's op, for CIOCASYNCFETCH too */
+	void *dst;			/* a kernel copy of dst, or NULL */
+	struct vcd_pin *dst_pages;	/* pages of ours holding dst, or NULL */
+	void *mac;
+	void *ivout;
+	u32 maclen, ivlen;
+};
+
+struct vcd_request {
+	refcount_t ref;
+	struct completion done;
+	struct list_head node;		/* on vcd->orphans */
+	struct list_head anode;		/* on vf->async, until fetched */
+	wait_queue_head_t *waitq;	/* woken when answered; under vcd->lock */
+	int err;			/* -ENODEV if failed by removal */
+	bool abandoned;			/* waiter gone; under vcd->lock */
+	unsigned int written;		/* bytes the device reported */
+	unsigned int in_total;		/* bytes the device must write */
+	struct vcd_crypt_out co;
+	unsigned int nout, nin;
+	struct vcd_buf out[VCD_MAX_OUT];	/* device-readable payload */
+	struct vcd_buf in[VCD_MAX_IN];		/* device-writable results */
+	struct work_struct free_work;	/* unpinning may sleep: not from the callback */
+	struct vcd_req req;
+	struct vcd_resp resp ____cacheline_aligned;
+};
+
+/*
+ * CIOCASYNCCRYPT: requests not fetched yet, per file and per device. cryptodev-linux
+ * allows 64 per file; 1,024 lets a client keep the ring full from one file while
+ * bounding what it pins and what we copy.
+ */
+#define VCD_ASYNC_MAX		1024
+#define VCD_ASYNC_DEV_MAX	8192
+
+struct vcd_file {
+	struct vcd_device *vcd;
+	u32 handle;			/* the device's handle for this file */
+	unsigned int epoch;		/* vcd->epoch at open */
+	struct xarray sessions;		/* session id -> VCD_SES_VALUE() (xa value) */
+	atomic_t nsessions;		/* entries in sessions, for the stats */
+	/* CIOCASYNCCRYPT requests in submission order, fetched from the head. */
+	struct mutex submit_lock;	/* keeps list order and ring order the same */
+	spinlock_t alock;		/* guards async and nasync */
+	struct list_head async;
+	unsigned int nasync;
+	wait_queue_head_t async_wq;	/* poll(): answered, or room for more */
 };
 
 /* ---- requests ---------------------------------------------------------- */
@@ -489,6 +532,15 @@ static bool vcd_creates(struct vcd_request *r)
 		le32_to_cpu(r->req.cmd) == VCD_CMD_SESSION_CREATE);
 }
 
+/* Called under vcd->lock: wake the waiter or poller and drop the device's reference. */
+static void vcd_req_answered(struct vcd_request *r)
+{
+	complete(&r->done);
+	if (r->waitq)
+		wake_up(r->waitq);
+	vcd_req_put(r);
+}
+
 static void vcd_vq_done(struct virtqueue *vq)
 {
 	struct vcd_device *vcd = vq->vdev->priv;
@@ -516,8 +568,7 @@ static void vcd_vq_done(struct virtqueue *vq)
 				orphans = true;
 				continue;
 			}
-			complete(&r->done);
-			vcd_req_put(r);
+			vcd_req_answered(r);
 		}
 	} while (!virtqueue_enable_cb(vq));
 	if (freed)
@@ -535,19 +586,20 @@ static bool vcd_space_changed(struct vcd_device *vcd, unsigned long seen)
 }
 
 /*
- * Send @r and wait for the answer. Returns 0 with r->resp filled, or an errno. With
- * @killable a fatal signal ends the waits (-EINTR); the caller drops its reference
- * in every case.
+ * Put @r on the ring and notify the device, sleeping while the ring is full. Returns 0
+ * once the device owns it (it takes a reference of its own), or an errno. With
+ * @killable a fatal signal ends the wait (-EINTR).
  */
-static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killable)
+static int vcd_queue(struct vcd_device *vcd, struct vcd_request *r, bool killable)
 {
 	struct scatterlist hdr, resp, out[VCD_MAX_OUT], in[VCD_MAX_IN];
 	struct scatterlist *sgs[VCD_MAX_OUT + VCD_MAX_IN + 2];
-	unsigned int n = 0, i, in_total = sizeof(r->resp), nents = 2;
+	unsigned int n = 0, i, nents = 2;
 	unsigned long seen;
-	bool notify = false, done;
+	bool notify = false;
 	int err;
 
+	r->in_total = sizeof(r->resp);
 	sg_init_one(&hdr, &r->req, sizeof(r->req));
 	sgs[n++] = &hdr;
 	for (i = 0; i < r->nout; i++) {
@@ -561,7 +613,7 @@ static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killab
 		sgs[n++] = &out[i];
 	}
 	for (i = 0; i < r->nin; i++) {
-		in_total += r->in[i].len;
+		r->in_total += r->in[i].len;
 		if (r->in[i].pin) {
 			sgs[n++] = r->in[i].pin->sgt.sgl;
 			nents += r->in[i].pin->sgt.nents;
@@ -583,17 +635,20 @@ static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killab
 			down_read(&vcd->remove_sem);
 		}
 		spin_lock_irq(&vcd->lock);
-		if (vcd->broken) {
+		if (vcd->broken || vcd->frozen) {
 			err = -ENODEV;
 		} else {
 			err = virtqueue_add_sgs(vcd->vq, sgs, 1 + r->nout, r->nin + 1, r,
 						GFP_ATOMIC);
 			notify = !err && virtqueue_kick_prepare(vcd->vq);
 			/*
-			 * A chain longer than the ring (pinned pages whose indirect table
-			 * could not be allocated) would wait for room forever.
+			 * No room even in an empty ring: a chain longer than the ring whose
+			 * indirect table could not be allocated would wait forever. (With
+			 * the ring merely full, an indirect chain fits once one entry is
+			 * back: wait.)
 			 */
-			if (err == -ENOSPC && nents > virtqueue_get_vring_size(vcd->vq))
+			if (err == -ENOSPC && nents > virtqueue_get_vring_size(vcd->vq) &&
+			    vcd->vq->num_free == virtqueue_get_vring_size(vcd->vq))
 				err = -ENOMEM;
 			if (!err)
 				atomic_long_inc(&vcd->stats.in_flight);
@@ -604,7 +659,7 @@ static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killab
 			virtqueue_notify(vcd->vq);
 		up_read(&vcd->remove_sem);
 		if (!err)
-			break;
+			return 0;
 		if (err != -ENOSPC) {
 			refcount_dec(&r->ref);
 			return err;
@@ -618,6 +673,37 @@ static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killab
 		}
 	}
 
+interrupted:
+	refcount_dec(&r->ref);
+	return -EINTR;
+}
+
+/* The transport's verdict on an answered request: 0 when r->resp can be trusted. */
+static int vcd_req_result(struct vcd_device *vcd, struct vcd_request *r)
+{
+	if (r->err)
+		return r->err;
+	if (le32_to_cpu(r->resp.status) == VCD_S_OK && r->written < r->in_total) {
+		dev_warn_ratelimited(&vcd->dev, "short answer: %u of %u bytes\n",
+				     r->written, r->in_total);
+		return -EIO;
+	}
+	return 0;
+}
+
+/*
+ * Send @r and wait for the answer. Returns 0 with r->resp filled, or an errno. With
+ * @killable a fatal signal ends the waits (-EINTR); the caller drops its reference
+ * in every case.
+ */
+static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killable)
+{
+	bool done;
+	int err;
+
+	err = vcd_queue(vcd, r, killable);
+	if (err)
+		return err;
 	if (killable) {
 		if (wait_for_completion_killable(&r->done)) {
 			/* Answered meanwhile: the answer counts (an OPEN's handle). */
@@ -633,18 +719,7 @@ static int vcd_submit(struct vcd_device *vcd, struct vcd_request *r, bool killab
 	} else {
 		wait_for_completion(&r->done);
 	}
-	if (r->err)
-		return r->err;
-	if (le32_to_cpu(r->resp.status) == VCD_S_OK && r->written < in_total) {
-		dev_warn_ratelimited(&vcd->dev, "short answer: %u of %u bytes\n",
-				     r->written, in_total);
-		return -EIO;
-	}
-	return 0;
-
-interrupted:
-	refcount_dec(&r->ref);
-	return -EINTR;
+	return vcd_req_result(vcd, r);
 }
 
 /* CLOSE a device handle; never interrupted, so the host never keeps it. */
@@ -861,23 +936,34 @@ static u16 vcd_hash_flags(u16 flags, u32 len)
 	return wire;
 }
 
-static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
+/*
+ * Build the CRYPT request for @a in *@rp (the caller drops it). @async: the caller does
+ * not wait, so data of VCD_ZC_MIN bytes or more is always the caller's own pages, in
+ * place too (two pins of the same pages, one read and one written: the device copies
+ * src before it writes dst), and COP_FLAG_NO_ZC is refused as cryptodev-linux does.
+ */
+static int vcd_crypt_prepare(struct vcd_file *vf, const struct vcd_crypt_args *a,
+			     bool async, struct vcd_request **rp)
 {
 	struct vcd_device *vcd = vf->vcd;
 	const struct vcd_alg *calg = NULL, *malg = NULL;
+	struct vcd_crypt_out *co;
 	struct vcd_request *r;
-	void *entry, *dst = NULL, *mac = NULL, *iv = NULL, *ivout = NULL;
-	struct vcd_pin *pages, *dst_pages = NULL;
+	struct vcd_pin *pages;
+	void *entry, *iv;
 	unsigned long v;
 	u32 ivlen = 0;
 	u16 wire = 0;
 	bool zc;
 	int err;
 
+	*rp = NULL;
 	if (a->op != COP_ENCRYPT && a->op != COP_DECRYPT)
 		return -EINVAL;
 	if (a->flags & ~(COP_FLAG_UPDATE | COP_FLAG_FINAL | COP_FLAG_RESET |
 			 COP_FLAG_WRITE_IV | COP_FLAG_NO_ZC))
+		return -EINVAL;
+	if (async && (a->flags & COP_FLAG_NO_ZC))
 		return -EINVAL;
 	if (a->len > VCD_MAX_DATA_LEN)
 		return -EINVAL;
@@ -909,6 +995,9 @@ static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
 	r = vcd_req_alloc(VCD_CALL_IOCTL, vf->handle, VCD_CMD_CRYPT);
 	if (!r)
 		return -ENOMEM;
+	*rp = r;
+	co = &r->co;
+	co->args = *a;
 	r->req.session = cpu_to_le32(a->ses);
 	r->req.op = cpu_to_le16(a->op);
 	/* The first protocol version takes no flags: its MACs are one-shot. */
@@ -917,20 +1006,19 @@ static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
 	r->req.ivlen = cpu_to_le32(ivlen);
 	if (ivlen) {
 		iv = vcd_req_buf(r, true, ivlen);
-		err = PTR_ERR_OR_ZERO(iv);
-		if (!err && copy_from_user(iv, a->iv, ivlen))
-			err = -EFAULT;
-		if (err)
-			goto out;
+		if (IS_ERR(iv))
+			return PTR_ERR(iv);
+		if (copy_from_user(iv, a->iv, ivlen))
+			return -EFAULT;
 	}
 	/*
 	 * Large requests use the caller's pages directly, as cryptodev-linux does: copies
-	 * cost more than the crypto. Not with NO_ZC, nor in place (src == dst: one pin must
-	 * not be both read and written), nor without indirect descriptors (a page per
-	 * entry would not fit the ring).
+	 * cost more than the crypto. Not with NO_ZC, nor in place when we wait (one copy
+	 * each way costs less than pinning twice), nor without indirect descriptors (a
+	 * page per entry would not fit the ring).
 	 */
-	zc = a->len >= VCD_ZC_MIN && !(a->flags & COP_FLAG_NO_ZC) && a->src != a->dst &&
-	     vcd->indirect;
+	zc = a->len >= VCD_ZC_MIN && !(a->flags & COP_FLAG_NO_ZC) &&
+	     (async || a->src != a->dst) && vcd->indirect;
 	if (zc) {
 		err = vcd_req_pin(r, true, a->src, a->len);
 	} else if (a->len > PAGE_SIZE) {
@@ -942,53 +1030,206 @@ static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
 		err = vcd_req_copy_in(r, a->src, a->len, false);
 	}
 	if (err)
-		goto out;
+		return err;
 	if (calg) {
 		if (zc) {
 			err = vcd_req_pin(r, false, a->dst, a->len);
 		} else if (a->len > PAGE_SIZE) {
-			dst_pages = vcd_req_pages(r, false, a->len);
-			err = PTR_ERR_OR_ZERO(dst_pages);
-			if (err)
-				dst_pages = NULL;
+			pages = vcd_req_pages(r, false, a->len);
+			err = PTR_ERR_OR_ZERO(pages);
+			if (!err)
+				co->dst_pages = pages;
 		} else {
-			dst = vcd_req_buf(r, false, a->len);
-			err = PTR_ERR_OR_ZERO(dst);
+			co->dst = vcd_req_buf(r, false, a->len);
+			err = PTR_ERR_OR_ZERO(co->dst);
 			if (err)
-				dst = NULL;
+				co->dst = NULL;
 		}
 		if (err)
-			goto out;
+			return err;
 	}
 	if (wire & VCD_CF_IV_OUT) {
-		ivout = vcd_req_buf(r, false, ivlen);
-		if (IS_ERR(ivout)) {
-			err = PTR_ERR(ivout);
-			goto out;
+		co->ivout = vcd_req_buf(r, false, ivlen);
+		if (IS_ERR(co->ivout)) {
+			err = PTR_ERR(co->ivout);
+			co->ivout = NULL;
+			return err;
 		}
+		co->ivlen = ivlen;
 	}
 	if (wire & VCD_CF_HASH_FINAL) {
-		mac = vcd_req_buf(r, false, malg->digestlen);
-		if (IS_ERR(mac)) {
-			err = PTR_ERR(mac);
-			goto out;
+		co->mac = vcd_req_buf(r, false, malg->digestlen);
+		if (IS_ERR(co->mac)) {
+			err = PTR_ERR(co->mac);
+			co->mac = NULL;
+			return err;
 		}
+		co->maclen = malg->digestlen;
 	}
+	return 0;
+}
 
-	err = vcd_call(vf, r);
+/* Copy an answered CRYPT's results to the caller: what the device did not write there. */
+static int vcd_crypt_output(struct vcd_request *r)
+{
+	const struct vcd_crypt_out *co = &r->co;
+
+	if (co->dst && copy_to_user(co->args.dst, co->dst, co->args.len))
+		return -EFAULT;
+	if (co->dst_pages && vcd_pages_copy(co->dst_pages, co->args.dst, co->args.len, true))
+		return -EFAULT;
+	if (co->mac && copy_to_user(co->args.mac, co->mac, co->maclen))
+		return -EFAULT;
+	if (co->ivout && copy_to_user(co->args.iv, co->ivout, co->ivlen))
+		return -EFAULT;
+	return 0;
+}
+
+static int vcd_crypt(struct vcd_file *vf, struct vcd_crypt_args *a)
+{
+	struct vcd_request *r;
+	int err;
+
+	err = vcd_crypt_prepare(vf, a, false, &r);
+	if (!err)
+		err = vcd_call(vf, r);
+	if (!err)
+		err = vcd_crypt_output(r);
+	if (r)
+		vcd_req_put(r);
+	return err;
+}
+
+/*
+ * CIOCASYNCCRYPT: queue the CRYPT and return; CIOCASYNCFETCH collects it. -EBUSY when
+ * the file (or the device) has too many not fetched yet, as cryptodev-linux answers a
+ * full queue; a device that may reorder a session's requests is refused.
+ */
+static int vcd_async_crypt(struct vcd_file *vf, const struct vcd_crypt_args *a)
+{
+	struct vcd_device *vcd = vf->vcd;
+	struct vcd_request *r;
+	int err;
+
+	if (!vcd->ordered_f)
+		return -EOPNOTSUPP;
+	spin_lock(&vf->alock);
+	err = vf->nasync >= VCD_ASYNC_MAX ? -EBUSY : 0;
+	if (!err)
+		vf->nasync++;
+	spin_unlock(&vf->alock);
 	if (err)
-		goto out;
-	if (dst && copy_to_user(a->dst, dst, a->len))
-		err = -EFAULT;
-	else if (dst_pages && vcd_pages_copy(dst_pages, a->dst, a->len, true))
-		err = -EFAULT;
-	else if (mac && copy_to_user(a->mac, mac, malg->digestlen))
-		err = -EFAULT;
-	else if (ivout && copy_to_user(a->iv, ivout, ivlen))
-		err = -EFAULT;
-out:
+		return err;
+	if (atomic_inc_return(&vcd->nasync) > VCD_ASYNC_DEV_MAX) {
+		err = -EBUSY;
+		goto out_budget;
+	}
+	err = vcd_crypt_prepare(vf, a, true, &r);
+	if (err)
+		goto out_put;
+	r->waitq = &vf->async_wq;
+	if (mutex_lock_killable(&vf->submit_lock)) {
+		err = -EINTR;
+		goto out_put;
+	}
+	err = vcd_queue(vcd, r, true);
+	if (!err) {
+		/* The file's reference now; the device holds its own. */
+		spin_lock(&vf->alock);
+		list_add_tail(&r->anode, &vf->async);
+		spin_unlock(&vf->alock);
+	}
+	mutex_unlock(&vf->submit_lock);
+	if (!err)
+		return 0;
+out_put:
+	if (r)
+		vcd_req_put(r);
+out_budget:
+	atomic_dec(&vcd->nasync);
+	spin_lock(&vf->alock);
+	vf->nasync--;
+	spin_unlock(&vf->alock);
+	wake_up(&vf->async_wq);
+	return err;
+}
+
+/*
+ * CIOCASYNCFETCH: the oldest request, once answered (cryptodev-linux runs a file's
+ * requests one after another, so its results come back in submission order; so do
+ * ours). -EBUSY when it is not answered yet. Its error, or its results written back
+ * and @a filled with the op as submitted.
+ */
+static int vcd_async_fetch(struct vcd_file *vf, struct vcd_crypt_args *a)
+{
+	struct vcd_device *vcd = vf->vcd;
+	struct vcd_request *r;
+	int err;
+
+	spin_lock(&vf->alock);
+	r = list_first_entry_or_null(&vf->async, struct vcd_request, anode);
+	if (r && completion_done(&r->done)) {
+		list_del_init(&r->anode);
+		vf->nasync--;
+	} else {
+		r = NULL;
+	}
+	spin_unlock(&vf->alock);
+	if (!r)
+		return -EBUSY;
+	atomic_dec(&vcd->nasync);
+	wake_up(&vf->async_wq);		/* room for one more */
+
+	err = vcd_req_result(vcd, r);
+	if (!err)
+		err = vcd_status_errno(le32_to_cpu(r->resp.status));
+	if (!err)
+		err = vcd_crypt_output(r);
+	if (!err)
+		*a = r->co.args;
 	vcd_req_put(r);
 	return err;
+}
+
+static __poll_t vcd_poll(struct file *filp, poll_table *wait)
+{
+	struct vcd_file *vf = filp->private_data;
+	struct vcd_request *r;
+	__poll_t mask = 0;
+
+	poll_wait(filp, &vf->async_wq, wait);
+	spin_lock(&vf->alock);
+	r = list_first_entry_or_null(&vf->async, struct vcd_request, anode);
+	if (r && completion_done(&r->done))
+		mask |= EPOLLIN | EPOLLRDNORM;
+	if (vf->nasync < VCD_ASYNC_MAX)
+		mask |= EPOLLOUT | EPOLLWRNORM;
+	spin_unlock(&vf->alock);
+	return mask;
+}
+
+/*
+ * Release: requests never fetched are the device's to finish; nobody is woken for
+ * them. Their buffers (pinned pages included) go with the device's reference.
+ */
+static void vcd_async_drop(struct vcd_file *vf)
+{
+	struct vcd_device *vcd = vf->vcd;
+	struct vcd_request *r, *tmp;
+	LIST_HEAD(gone);
+
+	spin_lock(&vf->alock);
+	list_splice_init(&vf->async, &gone);
+	vf->nasync = 0;
+	spin_unlock(&vf->alock);
+	list_for_each_entry_safe(r, tmp, &gone, anode) {
+		spin_lock_irq(&vcd->lock);
+		r->waitq = NULL;
+		spin_unlock_irq(&vcd->lock);
+		list_del_init(&r->anode);
+		atomic_dec(&vcd->nasync);
+		vcd_req_put(r);
+	}
 }
 
 /* A device-readable buffer of user data: order-0 pages when larger than a page. */
@@ -1180,6 +1421,15 @@ static int vcd_crioget(struct file *filp, u32 __user *argp)
 	return 0;
 }
 
+/*
+ * A file opened before a suspend: the reset dropped its handle, whose number a newer
+ * file may hold by now, so nothing of this file reaches the device again.
+ */
+static bool vcd_file_stale(struct vcd_file *vf)
+{
+	return vf->epoch != READ_ONCE(vf->vcd->epoch);
+}
+
 static long vcd_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 {
 	struct vcd_file *vf = filp->private_data;
@@ -1193,6 +1443,9 @@ static long vcd_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 	u32 ses;
 	long err;
 
+	/* Results queued before the suspend may still be fetched (they failed). */
+	if (cmd != CIOCASYNCFETCH && vcd_file_stale(vf))
+		return -EBADF;
 	switch (cmd) {
 	case CIOCGSESSION:
 		if (copy_from_user(&sop, argp, sizeof(sop)))
@@ -1216,13 +1469,31 @@ static long vcd_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 			return -EFAULT;
 		return vcd_free_session(vf, ses);
 	case CIOCCRYPT:
+	case CIOCASYNCCRYPT:
 		if (copy_from_user(&cop, argp, sizeof(cop)))
 			return -EFAULT;
 		ca = (struct vcd_crypt_args){
 			.ses = cop.ses, .op = cop.op, .flags = cop.flags, .len = cop.len,
 			.src = cop.src, .dst = cop.dst, .mac = cop.mac, .iv = cop.iv,
 		};
+		if (cmd == CIOCASYNCCRYPT)
+			return vcd_async_crypt(vf, &ca);
 		return vcd_crypt(vf, &ca);
+	case CIOCASYNCFETCH:
+		err = vcd_async_fetch(vf, &ca);
+		if (err)
+			return err;
+		/* As cryptodev-linux: the op as it was submitted (padding zeroed). */
+		memset(&cop, 0, sizeof(cop));
+		cop.ses = ca.ses;
+		cop.op = ca.op;
+		cop.flags = ca.flags;
+		cop.len = ca.len;
+		cop.src = ca.src;
+		cop.dst = ca.dst;
+		cop.mac = ca.mac;
+		cop.iv = ca.iv;
+		return copy_to_user(argp, &cop, sizeof(cop)) ? -EFAULT : 0;
 	case CIOCGSESSINFO:
 		return vcd_session_info(vf, argp);
 	case CRIOGET:
@@ -1288,6 +1559,8 @@ struct compat_crypt_auth_op {
 #define COMPAT_CIOCGSESSION	_IOWR('c', 102, struct compat_session_op)
 #define COMPAT_CIOCCRYPT	_IOWR('c', 104, struct compat_crypt_op)
 #define COMPAT_CIOCAUTHCRYPT	_IOWR('c', 109, struct compat_crypt_auth_op)
+#define COMPAT_CIOCASYNCCRYPT	_IOW('c', 110, struct compat_crypt_op)
+#define COMPAT_CIOCASYNCFETCH	_IOR('c', 111, struct compat_crypt_op)
 
 static long vcd_compat_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 {
@@ -1301,6 +1574,8 @@ static long vcd_compat_ioctl(struct file *filp, unsigned int cmd, unsigned long 
 	struct vcd_sess_args sa;
 	long err;
 
+	if (cmd != COMPAT_CIOCASYNCFETCH && vcd_file_stale(vf))
+		return -EBADF;
 	switch (cmd) {
 	case COMPAT_CIOCGSESSION:
 		if (copy_from_user(&sop, argp, sizeof(sop)))
@@ -1320,6 +1595,7 @@ static long vcd_compat_ioctl(struct file *filp, unsigned int cmd, unsigned long 
 		}
 		return 0;
 	case COMPAT_CIOCCRYPT:
+	case COMPAT_CIOCASYNCCRYPT:
 		if (copy_from_user(&cop, argp, sizeof(cop)))
 			return -EFAULT;
 		ca = (struct vcd_crypt_args){
@@ -1327,7 +1603,23 @@ static long vcd_compat_ioctl(struct file *filp, unsigned int cmd, unsigned long 
 			.src = compat_ptr(cop.src), .dst = compat_ptr(cop.dst),
 			.mac = compat_ptr(cop.mac), .iv = compat_ptr(cop.iv),
 		};
+		if (cmd == COMPAT_CIOCASYNCCRYPT)
+			return vcd_async_crypt(vf, &ca);
 		return vcd_crypt(vf, &ca);
+	case COMPAT_CIOCASYNCFETCH:
+		err = vcd_async_fetch(vf, &ca);
+		if (err)
+			return err;
+		memset(&cop, 0, sizeof(cop));
+		cop.ses = ca.ses;
+		cop.op = ca.op;
+		cop.flags = ca.flags;
+		cop.len = ca.len;
+		cop.src = ptr_to_compat(ca.src);
+		cop.dst = ptr_to_compat(ca.dst);
+		cop.mac = ptr_to_compat(ca.mac);
+		cop.iv = ptr_to_compat(ca.iv);
+		return copy_to_user(argp, &cop, sizeof(cop)) ? -EFAULT : 0;
 	case COMPAT_CIOCAUTHCRYPT:
 		if (copy_from_user(&caop, argp, sizeof(caop)))
 			return -EFAULT;
@@ -1370,7 +1662,12 @@ static int vcd_open(struct inode *inode, struct file *filp)
 	if (!vf)
 		return -ENOMEM;
 	vf->vcd = vcd;
+	vf->epoch = READ_ONCE(vcd->epoch);
 	xa_init(&vf->sessions);
+	mutex_init(&vf->submit_lock);
+	spin_lock_init(&vf->alock);
+	INIT_LIST_HEAD(&vf->async);
+	init_waitqueue_head(&vf->async_wq);
 
 	r = vcd_req_alloc(VCD_CALL_OPEN, 0, 0);
 	if (!r) {
@@ -1399,8 +1696,9 @@ static int vcd_release(struct inode *inode, struct file *filp)
 	struct vcd_file *vf = filp->private_data;
 	int err;
 
-	/* The device drops the handle's sessions with it. */
-	err = vcd_close_handle(vf->vcd, vf->handle);
+	vcd_async_drop(vf);
+	/* The device drops the handle's sessions with it (after its queued requests). */
+	err = vcd_file_stale(vf) ? 0 : vcd_close_handle(vf->vcd, vf->handle);
 	if (err && err != -ENODEV)
 		dev_warn_ratelimited(&vf->vcd->dev, "closing handle %u failed: %d\n",
 				     vf->handle, err);
@@ -1416,6 +1714,7 @@ static const struct file_operations vcd_fops = {
 	.open = vcd_open,
 	.release = vcd_release,
 	.unlocked_ioctl = vcd_ioctl,
+	.poll = vcd_poll,
 #ifdef CONFIG_COMPAT
 	.compat_ioctl = vcd_compat_ioctl,
 #endif
@@ -1443,6 +1742,7 @@ static void vcd_discover(struct vcd_device *vcd)
 	vcd->algs_f = virtio_has_feature(vdev, VCD_F_ALGS);
 	vcd->multipart_f = vcd->algs_f && virtio_has_feature(vdev, VCD_F_MULTIPART);
 	vcd->aead_f = vcd->algs_f && virtio_has_feature(vdev, VCD_F_AEAD);
+	vcd->ordered_f = vcd->algs_f && virtio_has_feature(vdev, VCD_F_ORDERED);
 	memset(vcd->algs, 0, sizeof(vcd->algs));
 	if (!vcd->algs_f) {
 		vcd->algs[CRYPTO_AES_CBC / 32] |= BIT(CRYPTO_AES_CBC % 32);
@@ -1455,6 +1755,8 @@ static void vcd_discover(struct vcd_device *vcd)
 	if (!vcd->aead_f)
 		vcd->algs[CRYPTO_AES_GCM / 32] &= ~BIT(CRYPTO_AES_GCM % 32);
 }
+
+static void vcd_debugfs_add(struct vcd_device *vcd);
 
 static int vcd_probe(struct virtio_device *vdev)
 {
@@ -1504,6 +1806,7 @@ static int vcd_probe(struct virtio_device *vdev)
 		goto out_vqs;
 	dev_info(&vdev->dev, "cryptodev%d: %u-entry queue\n", vcd->minor,
 		 virtqueue_get_vring_size(vcd->vq));
+	vcd_debugfs_add(vcd);
 	return 0;
 
 out_vqs:
@@ -1538,8 +1841,7 @@ static void vcd_stop(struct vcd_device *vcd)
 	while ((r = virtqueue_detach_unused_buf(vcd->vq)) != NULL) {
 		r->err = -ENODEV;
 		vcd_stats_dropped(&vcd->stats);
-		complete(&r->done);
-		vcd_req_put(r);
+		vcd_req_answered(r);
 	}
 	spin_unlock_irq(&vcd->lock);
 	vdev->config->del_vqs(vdev);
@@ -1558,6 +1860,8 @@ static void vcd_remove(struct virtio_device *vdev)
 {
 	struct vcd_device *vcd = vdev->priv;
 
+	/* No suspend by hand: waits for a writer of the file to be done. */
+	debugfs_remove_recursive(vcd->debugfs);
 	/* No new opens; open files keep vcd alive but see -ENODEV from here on. */
 	cdev_device_del(&vcd->cdev, &vcd->dev);
 	vcd_stop(vcd);
@@ -1566,9 +1870,29 @@ static void vcd_remove(struct virtio_device *vdev)
 }
 
 #ifdef CONFIG_PM_SLEEP
+/* How long freeze lets requests already on the ring finish before failing them. */
+#define VCD_FREEZE_DRAIN	(10 * HZ)
+
+static bool vcd_idle(struct vcd_device *vcd)
+{
+	return !atomic_long_read(&vcd->stats.in_flight);
+}
+
+/*
+ * Suspend: no new requests; those on the ring are answered as usual (up to
+ * VCD_FREEZE_DRAIN), then the queue comes down as on removal.
+ */
 static int vcd_freeze(struct virtio_device *vdev)
 {
-	vcd_stop(vdev->priv);
+	struct vcd_device *vcd = vdev->priv;
+
+	spin_lock_irq(&vcd->lock);
+	vcd->frozen = true;
+	spin_unlock_irq(&vcd->lock);
+	if (!wait_event_timeout(vcd->space_wq, vcd_idle(vcd), VCD_FREEZE_DRAIN))
+		dev_warn(&vcd->dev, "suspending with %ld requests unanswered\n",
+			 atomic_long_read(&vcd->stats.in_flight));
+	vcd_stop(vcd);
 	return 0;
 }
 
@@ -1584,12 +1908,51 @@ static int vcd_restore(struct virtio_device *vdev)
 		return PTR_ERR(vq);
 	spin_lock_irq(&vcd->lock);
 	vcd->vq = vq;
+	WRITE_ONCE(vcd->epoch, vcd->epoch + 1);
 	spin_unlock_irq(&vcd->lock);
 	virtio_device_ready(vdev);
 	spin_lock_irq(&vcd->lock);
 	vcd->broken = false;
+	vcd->frozen = false;
 	spin_unlock_irq(&vcd->lock);
+	wake_up_all(&vcd->space_wq);
 	return 0;
+}
+
+static struct dentry *vcd_debugfs_root;
+
+/*
+ * debugfs <dev>/suspend: writing runs this device's freeze and restore as the PM core
+ * does (virtio_device_freeze/restore, which virtio-pci's suspend and resume call), for
+ * tests: a guest whose root is on virtio-9p cannot suspend as a whole.
+ */
+static ssize_t vcd_suspend_write(struct file *file, const char __user *buf, size_t len,
+				 loff_t *pos)
+{
+	struct vcd_device *vcd = file->private_data;
+	int err;
+
+	err = virtio_device_freeze(vcd->vdev);
+	if (!err)
+		err = virtio_device_restore(vcd->vdev);
+	return err ? err : len;
+}
+
+static const struct file_operations vcd_suspend_fops = {
+	.owner = THIS_MODULE,
+	.open = simple_open,
+	.write = vcd_suspend_write,
+	.llseek = no_llseek,
+};
+
+static void vcd_debugfs_add(struct vcd_device *vcd)
+{
+	vcd->debugfs = debugfs_create_dir(dev_name(&vcd->dev), vcd_debugfs_root);
+	debugfs_create_file("suspend", 0200, vcd->debugfs, vcd, &vcd_suspend_fops);
+}
+#else
+static void vcd_debugfs_add(struct vcd_device *vcd)
+{
 }
 #endif
 
@@ -1600,7 +1963,7 @@ static const struct virtio_device_id vcd_id_table[] = {
 MODULE_DEVICE_TABLE(virtio, vcd_id_table);
 
 static unsigned int vcd_features[] = {
-	VCD_F_ALGS, VCD_F_MULTIPART, VCD_F_AEAD,
+	VCD_F_ALGS, VCD_F_MULTIPART, VCD_F_AEAD, VCD_F_ORDERED,
 };
 
 static struct virtio_driver vcd_driver = {
@@ -1648,12 +2011,18 @@ static int __init vcd_init(void)
 		err = -ENOMEM;
 		goto out_class;
 	}
+#ifdef CONFIG_PM_SLEEP
+	vcd_debugfs_root = debugfs_create_dir(VCD_DRIVER_NAME, NULL);
+#endif
 	err = register_virtio_driver(&vcd_driver);
 	if (err)
 		goto out_wq;
 	return 0;
 
 out_wq:
+#ifdef CONFIG_PM_SLEEP
+	debugfs_remove_recursive(vcd_debugfs_root);
+#endif
 	destroy_workqueue(vcd_free_wq);
 out_class:
 	class_destroy(vcd_class);
@@ -1666,6 +2035,9 @@ static void __exit vcd_exit(void)
 {
 	/* Devices (and their char devices) go first, then what they live in. */
 	unregister_virtio_driver(&vcd_driver);
+#ifdef CONFIG_PM_SLEEP
+	debugfs_remove_recursive(vcd_debugfs_root);
+#endif
 	destroy_workqueue(vcd_free_wq);	/* after the last request was freed */
 	class_destroy(vcd_class);
 	unregister_chrdev_region(vcd_devt, VCD_MINORS);

@@ -66,6 +66,11 @@
  * 0, and every CRYPT of a MAC session one-shot (as if RESET|FINAL). So an older driver
  * on a newer device keeps working, and a newer driver on an older device (no feature
  * bits, no config space) knows exactly what it may use.
+ *
+ * Ordering: requests are answered in any order (large ones run on host worker threads),
+ * but with VCD_F_ORDERED the CRYPTs and AUTHCRYPTs of one session run in the order they
+ * were made available, so a guest may keep many in flight on a session whose chained IV
+ * or hash state links them (CIOCASYNCCRYPT).
  */
 #ifndef VIRTIO_CRYPTODEV_H
 #define VIRTIO_CRYPTODEV_H
@@ -107,6 +112,7 @@ typedef uint32_t __le32;
 #define VCD_F_ALGS		0	/* vcd_config, the full algorithm table, chained IVs */
 #define VCD_F_MULTIPART		1	/* VCD_CF_HASH_* apart, HASH_COPY */
 #define VCD_F_AEAD		2	/* AES-GCM sessions, AUTHCRYPT */
+#define VCD_F_ORDERED		3	/* a session's CRYPTs run in ring order (async) */
 
 /* CRYPT flags (vcd_req.flags); our own, not COP_FLAG_*. */
 #define VCD_CF_HASH_RESET	0x1	/* MAC session: restart the state before the data */

@@ -44,7 +44,9 @@ INFO_LEN = 4 * C["VCD_NAME_LEN"] + 8  # struct vcd_session_info
 CONFIG = struct.Struct("<4I4I")  # struct vcd_config: algs[4], 4 limits
 assert REQ.size == 48 and RESP.size == 16 and CONFIG.size == 32
 # Every device feature this driver knows; init() negotiates what is offered of them.
-ALL_FEATURES = (1 << C["VCD_F_ALGS"]) | (1 << C["VCD_F_MULTIPART"]) | (1 << C["VCD_F_AEAD"])
+ALL_FEATURES = sum(
+    1 << C[f] for f in ("VCD_F_ALGS", "VCD_F_MULTIPART", "VCD_F_AEAD", "VCD_F_ORDERED")
+)
 
 VIRTQ_DESC_F_NEXT = 1
 VIRTQ_DESC_F_WRITE = 2

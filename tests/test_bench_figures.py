@@ -18,13 +18,27 @@ MACHINE = {"date": "2026-01-02 03:04 UTC", "cpu": "Test CPU", "cpus": 2, "cores"
 
 SAMPLES: dict[str, dict[str, Any]] = {
     "device": {
-        "date": "2026-01-02",
-        "conditions": "TCG guest, Test CPU, 2 cores, 2 rounds of 0.1 s, median and range",
+        "date": "2026-01-02 03:04 UTC",
+        "conditions": "TCG guest, Test CPU, 2 cores, 2 rounds of 0.1 s",
         "cpu_driver": "cbc(aes-generic)",
-        "ops": {
-            "virtio": {"64": [2000.0, 2400.0], "4096": [1500.0, 1700.0]},
-            "software": {"64": [3000.0, 3100.0], "4096": [900.0, 1000.0]},
-        },
+        "hash_driver": "hmac(sha256-generic)",
+        "records": [
+            {
+                "lang": lang,
+                "mode": mode,
+                "alg": alg,
+                "who": who,
+                "size": size,
+                "ops": [2000.0 / (k + 1), 2400.0 / (k + 1)],
+            }
+            for lang, mode, alg, who in (
+                ("c", "sync", "aes-cbc", "virtio"),
+                ("python", "sync", "aes-cbc", "upstream"),
+                ("c", "sync", "hmac-sha256", "guest-cpu"),
+                ("c", "inflight32", "aes-cbc", "virtio"),
+            )
+            for k, size in enumerate((64, 4096))
+        ],
     },
     "chat": {
         "machine": MACHINE,

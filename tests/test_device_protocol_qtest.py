@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac as std_hmac
 import itertools
+import os
 import random
 import struct
 from collections.abc import Iterator
@@ -79,13 +80,20 @@ MACS = {
 }
 
 
+# The engine under test and the QEMU that runs it: builtin, and our build, here;
+# tests/vm/test_host_engine.py runs this file in a guest with engine=host over the
+# guest's /dev/crypto (our own device there) and the host's QEMU binary.
+ENGINE = os.environ.get("CDEV_QTEST_ENGINE", "builtin")
+
+
 @pytest.fixture(scope="module")
 def qemu_binary() -> Path:
-    return qemu_build.ensure_qemu()
+    given = os.environ.get("CDEV_QTEST_QEMU")
+    return Path(given) if given else qemu_build.ensure_qemu()
 
 
 def boot(qemu: Path, *props: str) -> tuple[Qtest, VirtioCryptodev]:
-    opts = ",".join(("virtio-cryptodev-pci", "engine=builtin", *props))
+    opts = ",".join(("virtio-cryptodev-pci", f"engine={ENGINE}", *props))
     qt = Qtest(qemu, qemu_build.firmware_dirs(), ["-device", opts])
     return qt, VirtioCryptodev(qt)
 
@@ -306,6 +314,42 @@ def test_no_iv_continues_the_chain(dev: VirtioCryptodev, cipher: int) -> None:
         assert b"".join(parts) == data, cuts
 
 
+def test_a_sessions_requests_run_in_ring_order(dev: VirtioCryptodev) -> None:
+    """One kick: a request big enough for a worker thread, then small ones of the same
+    session that would run inline at once; chained IV and hash state must see them in
+    ring order (VCD_F_ORDERED), while another session's small request is not held up."""
+    assert dev.has("VCD_F_ORDERED")
+    rng = random.Random(12)
+    h = open_handle(dev)
+    key, iv = rng.randbytes(16), rng.randbytes(16)
+    ses, other = session(dev, h, CBC, key), session(dev, h, CBC, key)
+    sha = C["VCD_MAC_SHA256"]
+    hs = session(dev, h, mac=sha)
+    parts = [rng.randbytes(n) for n in (256 * 1024, 16, 4096, 32)]
+    upd, fin = C["VCD_CF_HASH_RESET"], C["VCD_CF_HASH_FINAL"]
+    chains = [crypt_chain(h, ses, ENC, iv if i == 0 else b"", p) for i, p in enumerate(parts)]
+    chains.insert(1, crypt_chain(h, other, ENC, iv, parts[1]))
+    chains += [
+        crypt_chain(h, hs, ENC, b"", parts[0], cipher=False, flags=upd),
+        crypt_chain(h, hs, ENC, b"", parts[1], cipher=False, flags=0),
+        crypt_chain(h, hs, ENC, b"", parts[2], cipher=False, mac=True, flags=fin),
+    ]
+    done = dev.submit(chains, timeout=120)
+    assert [d.status for d in done] == [OK] * len(chains)
+    got = b"".join(done[i].bufs[0] for i in (0, 2, 3, 4))
+    assert got == reference(CBC, key, iv, b"".join(parts), True)
+    assert done[1].bufs[0] == reference(CBC, key, iv, parts[1], True)
+    assert done[-1].bufs[0] == hashlib.sha256(b"".join(parts[:3])).digest()
+
+
+def test_ordered_off_is_not_offered(qemu_binary: Path) -> None:
+    qt, d = boot(qemu_binary, "ordered=off")
+    try:
+        assert d.has("VCD_F_ALGS") and not d.has("VCD_F_ORDERED")
+    finally:
+        qt.close()
+
+
 def test_ctr_partial_block_advances_the_counter(dev: VirtioCryptodev) -> None:
     # As Linux's ctr(aes): a partial last block still uses up its counter value.
     h = open_handle(dev)
@@ -398,7 +442,7 @@ def test_older_driver_gets_the_first_protocol(dev: VirtioCryptodev) -> None:
 
 def test_older_device_offers_nothing_new(qemu_binary: Path) -> None:
     """The device as the first protocol version had it: no feature bits to negotiate."""
-    qt, d = boot(qemu_binary, "algs=off", "multipart=off", "aead=off")
+    qt, d = boot(qemu_binary, "algs=off", "multipart=off", "aead=off", "ordered=off")
     try:
         assert d.features == 0
         h = open_handle(d)

@@ -6,7 +6,9 @@
  * Opens /dev/cryptodev0, creates an AES-128-CBC session with an all-zero key through the 32-bit layout of
  * session_op (28 bytes), encrypts one all-zero block with an all-zero IV through the
  * 32-bit crypt_op, and prints the ciphertext in hex, then "efault" and "einval" for a
- * bad src pointer and an unknown session; exits 0 when every step went as expected.
+ * bad src pointer and an unknown session, then "async" when the same block went through
+ * CIOCASYNCCRYPT/CIOCASYNCFETCH (32-bit layout) with the same result and the fetched op
+ * as submitted; exits 0 when every step went as expected.
  */
 #include "../cryptodev.h"
 
@@ -23,6 +25,8 @@ struct crypt_op32 {
 #define CIOCGSESSION32	_IOWR('c', 102, struct session_op32)
 #define CIOCCRYPT32	_IOWR('c', 104, struct crypt_op32)
 #define CIOCFSESSION32	_IOW('c', 103, __u32)
+#define CIOCASYNCCRYPT32	_IOW('c', 110, struct crypt_op32)
+#define CIOCASYNCFETCH32	_IOR('c', 111, struct crypt_op32)
 
 static long sys3(long nr, long a, long b, long c)
 {
@@ -51,7 +55,27 @@ static void put(const char *s)
 	out(s, n);
 }
 
-static unsigned char key[16], iv[16], src[16], dst[16];
+static unsigned char key[16], iv[16], src[16], dst[16], adst[16];
+
+/* Submit @cop asynchronously, fetch it back (spinning on EBUSY): 0 when all went well. */
+static int async_roundtrip(long fd, struct crypt_op32 *cop)
+{
+	struct crypt_op32 got = { 0 };
+	long ret;
+	int i;
+
+	if (sys3(SYS_ioctl, fd, CIOCASYNCCRYPT32, (long)cop))
+		return 1;
+	do
+		ret = sys3(SYS_ioctl, fd, CIOCASYNCFETCH32, (long)&got);
+	while (ret == -16);	/* EBUSY: not answered yet */
+	if (ret || got.ses != cop->ses || got.dst != cop->dst || got.len != cop->len)
+		return 1;
+	for (i = 0; i < 16; i++)
+		if (adst[i] != dst[i])
+			return 1;
+	return 0;
+}
 
 void _start(void);
 void __attribute__((used)) _start(void)
@@ -103,6 +127,11 @@ void __attribute__((used)) _start(void)
 	ret = sys3(SYS_ioctl, fd, CIOCCRYPT32, (long)&cop);
 	put(ret == -22 ? "einval\n" : "no einval\n");
 	fail |= ret != -22;
+	cop.ses = sop.ses;
+	cop.dst = (__u32)(unsigned long)adst;
+	ret = async_roundtrip(fd, &cop);
+	put(ret ? "no async\n" : "async\n");
+	fail |= ret;
 	ret = sys3(SYS_ioctl, fd, CIOCFSESSION32, (long)&sop.ses);
 	fail |= ret != 0;
 	sys3(SYS_exit, fail, 0, 0);

@@ -25,6 +25,7 @@ from cdev.qmp import Qmp
 from cdev.vm.guest import Guest, GuestProcess
 from cdev.vq_live import Attachment, resolve
 from tests.vm import observe_workload as workload
+from tests.vm.own_guest import own_guest
 
 pytestmark = pytest.mark.vm
 
@@ -34,19 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def guest() -> Iterator[Guest]:
-    from cdev.errors import CdevError
-
-    try:
-        g = Guest(cryptodev=True, module=True)
-        g.start()
-    except CdevError as exc:
-        pytest.fail(f"cannot boot a guest with the device: {exc}")
-    try:
-        if g.module_error:
-            pytest.fail(f"module did not load: {g.module_error}")
+    with own_guest() as g:
         yield g
-    finally:
-        g.close()
 
 
 def _cdev(*args: str, **kw: Any) -> subprocess.Popen[str]:

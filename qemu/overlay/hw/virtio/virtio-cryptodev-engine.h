@@ -12,6 +12,7 @@
 #ifndef VIRTIO_CRYPTODEV_ENGINE_H
 #define VIRTIO_CRYPTODEV_ENGINE_H
 
+#include "qemu/queue.h"
 #include "qemu/thread.h"
 #include "hw/virtio/virtio_cryptodev.h"
 #include "hw/virtio/virtio-cryptodev-stats.h"
@@ -24,6 +25,9 @@ typedef struct VcdSession {
     unsigned refs;
     /* Serializes the engine state (IV, hash state) between workers. */
     QemuMutex lock;
+    /* Main loop only: a worker has one of its requests; the next ones wait. */
+    bool on_worker;
+    QSIMPLEQ_HEAD(, VcdRequest) backlog;
     /* The engine's own state for this session. */
     void *priv;
     /* Main loop only: for the "handles" QOM property. */

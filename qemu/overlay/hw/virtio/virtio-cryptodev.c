@@ -20,8 +20,11 @@
  * to the main loop, which copies the results into the guest buffers, pushes
  * the element and schedules one notification per batch.  Sessions are
  * reference counted so that a session destroyed (or a handle closed) while a
- * worker uses it lives until the worker is done; a per-session mutex keeps
- * two workers off the same engine state.  Reset and unrealize wait for the
+ * worker uses it lives until the worker is done.  A session's crypt requests
+ * run one at a time in ring order (a chained IV or hash state depends on the
+ * one before), so the guest may have many in flight on one session; a
+ * per-session mutex also keeps the main loop's HASH_COPY off a worker's
+ * engine state.  Reset and unrealize wait for the
  * in-flight requests, which are bounded CPU work, then free everything.
  *
  * The crypto itself is an engine's (virtio-cryptodev-engine.h): builtin
@@ -74,6 +77,7 @@ typedef struct VcdRequest {
     VirtQueueElement elem;
     VirtIOCryptodev *vcd;
     VcdSession *ses;
+    QSIMPLEQ_ENTRY(VcdRequest) next;    /* on ses->backlog */
     uint64_t seq;
     struct vcd_req req;     /* host-endian copy */
     size_t in_size;
@@ -333,13 +337,32 @@ static void vcd_crypt_complete(VirtIOCryptodev *vcd, VcdRequest *r)
     vcd_free_request(vcd, r);
 }
 
+typedef enum {
+    VCD_CRYPT_REFUSED,  /* *st says why; the caller answers */
+    VCD_CRYPT_ANSWERED, /* done inline and pushed */
+    VCD_CRYPT_QUEUED,   /* a worker or the session's backlog owns it */
+} VcdCryptFate;
+
+static VcdCryptFate vcd_crypt_start(VirtIOCryptodev *vcd, VcdRequest *r);
+
 static void vcd_crypt_done(void *opaque, int ret)
 {
     VcdRequest *r = opaque;
     VirtIOCryptodev *vcd = r->vcd;
+    VcdSession *ses = r->ses;
+    VcdRequest *next;
 
+    ses->refs++;    /* its backlog runs after r is freed */
     vcd_crypt_complete(vcd, r);
     vcd->inflight--;
+    ses->on_worker = false;
+    /* The session's next requests, in ring order, until one needs a worker. */
+    while (!ses->on_worker && (next = QSIMPLEQ_FIRST(&ses->backlog))) {
+        QSIMPLEQ_REMOVE_HEAD(&ses->backlog, next);
+        vcd->inflight--;
+        vcd_crypt_start(vcd, next);
+    }
+    vcd_session_unref(vcd, ses);
     qemu_bh_schedule(vcd->notify_bh);
     aio_wait_kick();
 }
@@ -468,6 +491,7 @@ static uint32_t vcd_session_create(VirtIOCryptodev *vcd, VcdHandle *h,
     ses->mac = q->mac;
     ses->refs = 1;
     qemu_mutex_init(&ses->lock);
+    QSIMPLEQ_INIT(&ses->backlog);
 
     iov_to_buf(r->elem.out_sg, r->elem.out_num, sizeof(struct vcd_req),
                key, q->keylen);
@@ -567,18 +591,9 @@ static uint32_t vcd_crypt_sizes(VirtIOCryptodev *vcd, VcdSession *ses,
     return VCD_S_OK;
 }
 
-typedef enum {
-    VCD_CRYPT_REFUSED,  /* *st says why; the caller answers */
-    VCD_CRYPT_ANSWERED, /* done inline and pushed */
-    VCD_CRYPT_QUEUED,   /* a worker owns it and will answer */
-} VcdCryptFate;
-
-/* Run a prepared CRYPT or AUTHCRYPT inline or on a worker. */
-static VcdCryptFate vcd_crypt_run(VirtIOCryptodev *vcd, VcdSession *ses,
-                                  VcdRequest *r)
+/* Run a request inline or on a worker; its session is free of other work. */
+static VcdCryptFate vcd_crypt_start(VirtIOCryptodev *vcd, VcdRequest *r)
 {
-    ses->refs++;
-    r->ses = ses;
     if (r->req.len <= vcd->inline_max) {
         /*
          * Short work is answered in this batch: handing it to a worker and back
@@ -588,11 +603,31 @@ static VcdCryptFate vcd_crypt_run(VirtIOCryptodev *vcd, VcdSession *ses,
         vcd_crypt_complete(vcd, r);
         return VCD_CRYPT_ANSWERED;
     }
+    r->ses->on_worker = true;
     vcd->inflight++;
     vcd->stats.worker++;
     thread_pool_submit_aio(aio_get_thread_pool(qemu_get_aio_context()),
                            vcd_crypt_worker, r, vcd_crypt_done, r);
     return VCD_CRYPT_QUEUED;
+}
+
+/*
+ * Run a prepared CRYPT or AUTHCRYPT.  A session's requests run in ring order,
+ * as cryptodev-linux runs one file's: a chained IV or a multi-part hash
+ * depends on the request before, so while a worker has one of the session's
+ * requests, the next ones wait behind it instead of overtaking it inline.
+ */
+static VcdCryptFate vcd_crypt_run(VirtIOCryptodev *vcd, VcdSession *ses,
+                                  VcdRequest *r)
+{
+    ses->refs++;
+    r->ses = ses;
+    if (ses->on_worker) {
+        QSIMPLEQ_INSERT_TAIL(&ses->backlog, r, next);
+        vcd->inflight++;    /* reset waits for it like for a worker */
+        return VCD_CRYPT_QUEUED;
+    }
+    return vcd_crypt_start(vcd, r);
 }
 
 /* AUTHCRYPT: check the AEAD header and sizes, copy the input, run it. */
@@ -1083,6 +1118,8 @@ static Property virtio_cryptodev_properties[] = {
     DEFINE_PROP_BIT64("multipart", VirtIOCryptodev, features,
                       VCD_F_MULTIPART, true),
     DEFINE_PROP_BIT64("aead", VirtIOCryptodev, features, VCD_F_AEAD, true),
+    DEFINE_PROP_BIT64("ordered", VirtIOCryptodev, features, VCD_F_ORDERED,
+                      true),
     DEFINE_PROP_END_OF_LIST(),
 };
 
