@@ -232,8 +232,11 @@ def test_wrong_passphrase_is_refused(cluster: LocalCluster) -> None:
 
 
 async def _spy(cluster: LocalCluster, room: str) -> tuple[Any, list[bytes]]:
-    """Someone else on the bus: a plain NATS client subscribed to the room."""
-    nc = await nats.connect(servers=[f"nats://{cluster.nodes[2].url}"])
+    """Someone else on the bus: a plain NATS client subscribed to the room, on p0's home
+    server. There its subscription is in place once flush() returns; on another node p0's
+    server would learn of it over the route a moment later, and under load p0's next
+    records could go out before that and never reach the spy."""
+    nc = await nats.connect(servers=[f"nats://{cluster.nodes[0].url}"])
     seen: list[bytes] = []
 
     async def cb(msg: Any) -> None:
