@@ -63,6 +63,19 @@ def _crypt_once(g: Guest) -> None:
     assert parse_stress(res.stdout)[0] == expected_refs()
 
 
+def _wait_serving(g: Guest, cycle: int, timeout: float = 60.0) -> None:
+    """The re-added device (its counters start at zero) has opened files and answered
+    crypts for the workers: new opens work, requests are in flight again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        (dev,) = host_state(g.qmp_socket)
+        if dev.requests["open"] > 0 and dev.crypt_bytes > 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"cycle {cycle}: nothing served after replug: {dev}")
+        time.sleep(0.1)
+
+
 def test_unplug_and_plug_api(guest: Guest) -> None:
     """The harness calls on their own: the device leaves QEMU and the guest, and comes back."""
     assert _present(guest)
@@ -95,7 +108,7 @@ def test_cycles_with_requests_in_flight(guest: Guest) -> None:
             unplug_s.append(guest.unplug_device())
             assert proc.poll() is None, f"cycle {i}: workload ended: {proc.wait(10)}"
             plug_s.append(guest.plug_device())
-            time.sleep(0.5)  # let the workers reopen and get requests in flight again
+            _wait_serving(guest, i)
             if (i + 1) % max(1, CYCLES // 10) == 0:
                 _say(f"{i + 1} cycles, {time.monotonic() - t0:.0f} s")
         time.sleep(2)
