@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError
-from qemu.qmp.qmp_client import NegotiationError
+from qemu.qmp.qmp_client import GreetingError, NegotiationError
 
 from cdev.errors import CdevError, UsageError
 
@@ -111,11 +111,12 @@ class Qmp:
             raise QmpError(f"QMP {self.path}: {what} failed: {exc or type(exc).__name__}") from None
 
     def connect(self) -> Qmp:
-        # QEMU serves one client at a time and resets the monitor's session when the
-        # previous client's close is processed. A busy QEMU has been seen to process it
-        # after greeting the next client, which then gets its qmp_capabilities refused
-        # ("already complete") or the line closed: a failed negotiation is worth a few
-        # more tries; a missing or refusing socket is not.
+        # QEMU serves one client at a time. Under hot-plug churn, a client connecting
+        # right after another one closed has been seen to get something else where the
+        # greeting or the qmp_capabilities reply belongs (GreetingError,
+        # NegotiationError), as if a message meant for the previous session came first.
+        # Confusion at connect is worth a few more tries; a missing or refusing socket
+        # is not.
         for attempt in range(CONNECT_ATTEMPTS):
             try:
                 self._loop.run_until_complete(
@@ -124,7 +125,7 @@ class Qmp:
                 break
             except ConnectError as exc:
                 if attempt + 1 == CONNECT_ATTEMPTS or not isinstance(
-                    exc.exc, NegotiationError | EOFError | ConnectionResetError
+                    exc.exc, GreetingError | NegotiationError | EOFError | ConnectionResetError
                 ):
                     raise QmpError(f"cannot connect to QMP at {self.path}: {exc.exc}") from None
                 self._client = QMPClient("cdev")

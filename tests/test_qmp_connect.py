@@ -17,11 +17,14 @@ GREETING = {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "p
                     "capabilities": []}}  # fmt: skip
 ALREADY = "Capabilities negotiation is already complete, command ignored"
 REFUSED = {"error": {"class": "CommandNotFound", "desc": ALREADY}}
+EVENT = {"event": "DEVICE_DELETED", "data": {"device": "cryptodev0"},
+         "timestamp": {"seconds": 1, "microseconds": 2}}  # fmt: skip
 
 
 class FakeQmp:
-    """Serves clients one at a time; the first ``refuse`` negotiations are refused
-    (alternately with an error and by hanging up), later ones succeed."""
+    """Serves clients one at a time; the first ``refuse`` connections go wrong in turn
+    (qmp_capabilities refused, a hang-up after it, an event instead of the greeting),
+    later ones succeed."""
 
     def __init__(self, path: Path, refuse: int) -> None:
         self.refuse = refuse
@@ -66,11 +69,14 @@ class FakeQmp:
         def send(obj: object) -> None:
             conn.sendall(json.dumps(obj).encode() + b"\r\n")
 
+        if self.connections <= self.refuse and self.connections % 3 == 0:
+            send(EVENT)  # where the greeting belongs
+            return
         send(GREETING)
         if request() is None:
             return
         if self.connections <= self.refuse:
-            if self.connections % 2:
+            if self.connections % 3 == 1:
                 send(REFUSED)
             return  # hang up
         send({"return": {}})
@@ -82,11 +88,11 @@ class FakeQmp:
 
 
 def test_refused_negotiation_is_retried(tmp_path: Path) -> None:
-    server = FakeQmp(tmp_path / "qmp.sock", refuse=2)
+    server = FakeQmp(tmp_path / "qmp.sock", refuse=3)
     try:
         with Qmp(tmp_path / "qmp.sock", timeout=5) as q:
             assert q.execute("query-status") == {"status": "running"}
-        assert server.connections == 3
+        assert server.connections == 4
     finally:
         server.close()
 
