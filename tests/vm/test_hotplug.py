@@ -93,6 +93,8 @@ def test_unplug_and_plug_api(guest: Guest) -> None:
     assert_kernel_clean(guest)
 
 
+# pytest-timeout: a cycle takes 1-2 s here, far more on a loaded machine.
+@pytest.mark.timeout(600 + 10 * CYCLES)
 def test_cycles_with_requests_in_flight(guest: Guest) -> None:
     binary = build_stress(guest.shared_dir)
     _crypt_once(guest)  # QEMU's lazily opened descriptors are there before we count
