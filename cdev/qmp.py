@@ -19,16 +19,19 @@ import logging
 import socket
 import stat
 import struct
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError
+from qemu.qmp.qmp_client import GreetingError, NegotiationError
 
 from cdev.errors import CdevError, UsageError
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0
+CONNECT_ATTEMPTS = 5
 
 # The library logs disconnects and protocol noise at WARNING; our errors say it once.
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
@@ -108,7 +111,32 @@ class Qmp:
             raise QmpError(f"QMP {self.path}: {what} failed: {exc or type(exc).__name__}") from None
 
     def connect(self) -> Qmp:
-        self._run(self._client.connect(str(self.path)), "connect")
+        # QEMU serves one client at a time. Under hot-plug churn, a client connecting
+        # right after another one closed has been seen to get something else where the
+        # greeting or the qmp_capabilities reply belongs (GreetingError,
+        # NegotiationError), as if a message meant for the previous session came first.
+        # Confusion at connect is worth a few more tries; a missing or refusing socket
+        # is not.
+        for attempt in range(CONNECT_ATTEMPTS):
+            try:
+                self._loop.run_until_complete(
+                    asyncio.wait_for(self._client.connect(str(self.path)), self.timeout)
+                )
+                break
+            except ConnectError as exc:
+                if attempt + 1 == CONNECT_ATTEMPTS or not isinstance(
+                    exc.exc, GreetingError | NegotiationError | EOFError | ConnectionResetError
+                ):
+                    raise QmpError(f"cannot connect to QMP at {self.path}: {exc.exc}") from None
+                self._client = QMPClient("cdev")
+                time.sleep(0.05 * (attempt + 1))
+            except TimeoutError:
+                raise QmpError(
+                    f"QMP {self.path}: no answer to connect within {self.timeout:.0f} s "
+                    "(is another client attached? QEMU serves one at a time)"
+                ) from None
+            except (QMPError, OSError) as exc:
+                raise QmpError(f"cannot connect to QMP at {self.path}: {exc}") from None
         self._connected = True
         return self
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from cdev.errors import CdevError, UnavailableError
+from cdev.qmp import Qmp
 from cdev.vm import registry
 from cdev.vm.channel import (
     GUEST_SLACK,
@@ -57,6 +58,7 @@ from cdev.vm.qemu_discovery import (
 
 __all__ = [
     "CRYPTODEV_DEVICE",
+    "CRYPTODEV_ID",
     "GUEST_SLACK",
     "QEMU_ENV",
     "UPSTREAM_VIRTIO_CRYPTO",
@@ -71,6 +73,11 @@ __all__ = [
 
 ACCEL_ENV = "CDEV_ACCEL"
 AGENT_PORT_NAME = "org.cdev.agent"
+# Our device's QEMU id and bus: named, on the i440fx root bus (ACPI PCI hotplug), so that
+# it can be unplugged and plugged again at run time (Guest.unplug_device/plug_device).
+CRYPTODEV_ID = "cryptodev0"
+CRYPTODEV_BUS = "pci.0"
+SYSFS_CLASS = "/sys/class/virtio-cryptodev"
 
 
 def agent_source() -> str:
@@ -96,7 +103,9 @@ class Guest:
     the guest kernel's command line, ``trace`` are QEMU trace-event patterns (e.g.
     ``"virtio_cryptodev_*"``) logged to :attr:`trace_log` from the start (``cdev vq-trace
     --attach`` switches them at run time). ``name`` registers the running guest (see
-    :mod:`cdev.vm.registry`; None: the first free of ``vm``, ``vm2``, ...).
+    :mod:`cdev.vm.registry`; None: the first free of ``vm``, ``vm2``, ...). Our device
+    gets the QEMU id :data:`CRYPTODEV_ID` on a hotpluggable bus: :meth:`unplug_device`
+    and :meth:`plug_device` remove and re-add it while the guest runs.
     """
 
     def __init__(
@@ -285,7 +294,7 @@ class Guest:
             "-qmp", f"unix:{tmp / 'qmp.sock'},server=on,wait=off",
         ]  # fmt: skip
         if self.cryptodev:
-            argv += ["-device", CRYPTODEV_DEVICE]
+            argv += ["-device", f"{CRYPTODEV_DEVICE},id={CRYPTODEV_ID},bus={CRYPTODEV_BUS}"]
         for pattern in self.trace:
             argv += ["-trace", f"enable={pattern}"]
         # Always: events switched on later over QMP land in a known file, timestamped so
@@ -527,6 +536,55 @@ class Guest:
 
     def ping(self) -> None:
         self.channel.control("ping", 0)
+
+    # -- hotplug ---------------------------------------------------------------------------
+    def _device_present(self, q: Qmp) -> bool:
+        return any(p.get("name") == CRYPTODEV_ID for p in q.qom_list("/machine/peripheral"))
+
+    def unplug_device(self, timeout: float = 60.0) -> float:
+        """Hot-unplug our device (QMP ``device_del``) and wait until QEMU has removed it,
+        which it does once the guest has let go of it (ACPI eject). Returns the seconds
+        it took. Raises :class:`GuestError` when it is still there after ``timeout``."""
+        if not self.cryptodev:
+            raise GuestError(f"this guest has no {CRYPTODEV_DEVICE}")
+        t0 = time.monotonic()
+        with Qmp(self.qmp_socket) as q:
+            q.execute("device_del", {"id": CRYPTODEV_ID})
+            # Polled, not the DEVICE_DELETED event: the answer is the same and a poll
+            # cannot miss an event sent before we listened.
+            while self._device_present(q):
+                if time.monotonic() - t0 > timeout:
+                    raise GuestError(
+                        f"{CRYPTODEV_ID} still present {timeout:.0f} s after device_del "
+                        "(the guest did not release it)"
+                    )
+                time.sleep(0.05)
+        return time.monotonic() - t0
+
+    def plug_device(self, timeout: float = 60.0, wait_node: bool = True) -> float:
+        """Hot-plug our device again (QMP ``device_add``, same id and bus) and, with
+        ``wait_node``, wait until the guest's driver has bound it and its node exists.
+        Returns the seconds it took."""
+        if not self.cryptodev:
+            raise GuestError(f"this guest has no {CRYPTODEV_DEVICE}")
+        t0 = time.monotonic()
+        with Qmp(self.qmp_socket) as q:
+            q.execute(
+                "device_add",
+                {"driver": CRYPTODEV_DEVICE, "id": CRYPTODEV_ID, "bus": CRYPTODEV_BUS},
+            )
+        if wait_node:
+            # One guest command polling in the guest: cheaper than a round trip per poll.
+            script = (
+                f"i=0; while [ $i -lt {int(timeout * 20)} ]; do "
+                f"for d in {SYSFS_CLASS}/cryptodev*; do "
+                '[ -e "$d" ] && [ -c "/dev/${d##*/}" ] && exit 0; done; '
+                "sleep 0.05; i=$((i+1)); done; exit 1"
+            )
+            res = self.run(script, timeout=timeout + GUEST_SLACK)
+            if res.status != 0:
+                raise GuestError(f"no cryptodev node within {timeout:.0f} s of device_add")
+        return time.monotonic() - t0
 
 
 def _die_with_parent() -> None:
