@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 
 from cdev import cryptodev_abi as abi
-from tests.vm.own_guest import own_guest
 
 pytestmark = pytest.mark.vm
 
@@ -393,6 +392,9 @@ GUEST_CHECKS = {
 
 @pytest.fixture(scope="module")
 def guest() -> Iterator[Any]:
+    # Imported here: this file also runs inside the guest as a script, without tests/.
+    from tests.vm.own_guest import own_guest
+
     # Its own guest: these tests unbind the device and reload the module.
     with own_guest(cpus=2) as g:
         yield g
