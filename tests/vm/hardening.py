@@ -165,13 +165,3 @@ def assert_kernel_clean(g: Guest) -> None:
     for where, log in (("console", console), ("dmesg", res.stdout)):
         bad = [ln for ln in log.splitlines() if BAD_KERNEL_LINES.search(ln)]
         assert not bad, f"{where}: " + "\n".join(bad[:20]) + f"\n...\n{log[-3000:]}"
-
-
-def boot_guest() -> Guest:
-    """A guest of its own with the device and our module: these tests are destructive."""
-    g = Guest(cryptodev=True, module=True, kernel_args=KERNEL_ARGS)
-    g.start()
-    if g.module_error:
-        g.close()
-        raise AssertionError(f"module did not load: {g.module_error}")
-    return g

@@ -19,9 +19,9 @@ from cdev.device_state import host_state
 from cdev.qmp import Qmp, QmpError
 from cdev.vm.guest import CRYPTODEV_ID, Guest
 from tests.vm.hardening import (
+    KERNEL_ARGS,
     assert_kernel_clean,
     assert_no_fd_growth,
-    boot_guest,
     build_stress,
     env_int,
     expected_refs,
@@ -29,6 +29,7 @@ from tests.vm.hardening import (
     qemu_fds,
     wait_sides_equal,
 )
+from tests.vm.own_guest import own_guest
 
 pytestmark = pytest.mark.vm
 
@@ -39,11 +40,9 @@ KILL_MS = env_int("CDEV_HOTPLUG_KILL_MS", 300)  # SIGKILLs meanwhile (0: none)
 
 @pytest.fixture(scope="module")
 def guest() -> Iterator[Guest]:
-    g = boot_guest()
-    try:
+    # Its own guest (these tests are destructive), hung tasks reported after 30 s.
+    with own_guest(kernel_args=KERNEL_ARGS) as g:
         yield g
-    finally:
-        g.close()
 
 
 def _say(text: str) -> None:

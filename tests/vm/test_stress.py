@@ -18,9 +18,9 @@ import pytest
 
 from cdev.vm.guest import Guest
 from tests.vm.hardening import (
+    KERNEL_ARGS,
     assert_kernel_clean,
     assert_no_fd_growth,
-    boot_guest,
     build_stress,
     env_int,
     expected_refs,
@@ -28,6 +28,7 @@ from tests.vm.hardening import (
     qemu_fds,
     wait_sides_equal,
 )
+from tests.vm.own_guest import own_guest
 
 pytestmark = pytest.mark.vm
 
@@ -38,11 +39,9 @@ KILL_MS = env_int("CDEV_STRESS_KILL_MS", 100)  # mean time between SIGKILLs
 
 @pytest.fixture(scope="module")
 def guest() -> Iterator[Guest]:
-    g = boot_guest()
-    try:
+    # Its own guest (these tests are destructive), hung tasks reported after 30 s.
+    with own_guest(kernel_args=KERNEL_ARGS) as g:
         yield g
-    finally:
-        g.close()
 
 
 def _say(text: str) -> None:
