@@ -51,13 +51,21 @@ def _streams(mode: int) -> bool:
 
 @contextlib.contextmanager
 def open_input(name: str) -> Iterator[BinaryIO]:
+    """The input, unbuffered: every reader here asks for whole batches and loops on short
+    reads. A worker thread may be left blocked in a read of a pipe when cdev exits on an
+    error; a buffered reader would hold its lock there, and Python aborts at exit when it
+    finds the lock of ``sys.stdin`` taken."""
     if name == STDIO:
         if sys.stdin is None:  # started with descriptor 0 closed
             raise CdevError("cannot read standard input: it is closed")
-        yield _guard(sys.stdin.buffer, "read", "standard input")
+        raw = open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)  # noqa: SIM115
+        try:
+            yield _guard(cast(BinaryIO, raw), "read", "standard input")
+        finally:
+            raw.close()
         return
     try:
-        f = open(name, "rb")  # noqa: SIM115 - closed below, errors mapped to one line
+        f = open(name, "rb", buffering=0)  # noqa: SIM115 - closed below, errors mapped to one line
     except OSError as exc:
         raise CdevError(f"cannot read {name}: {exc.strerror or exc}") from None
     try:

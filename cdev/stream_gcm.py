@@ -10,17 +10,17 @@ Throughput is the point of this module: chunks are processed in batches of
 :data:`BATCH` through reused buffers, read and written with one system call per batch.
 Copying the data through the kernel costs more than AES-GCM (here, for a file in the page
 cache: writing ~0.4 s/GiB, reading ~0.15 s, sealing ~0.15 s), so with two threads or more
-one thread reads and seals while another writes the batches before it (all three release
-the GIL); more threads would only wait for the writer. Memory stays bounded: a few
-batches.
+a worker thread reads and seals while the calling thread writes the batches before it (all
+three release the GIL); more threads would only wait for the writes. Memory stays bounded:
+a few batches.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import deque
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 from cdev.errors import IntegrityError
@@ -28,7 +28,7 @@ from cdev.provider import AES_GCM, GCM_TAG, AuthenticationError, Provider, Sessi
 
 TAG = GCM_TAG
 BATCH = 8  # chunks per read and write: 512 KiB of plaintext
-DEPTH = 3  # writes queued behind the reading thread
+DEPTH = 3  # batches handed to the writing thread and not yet written
 HEADER_NONCE = bytes(12)  # the header has its own key, so nonce 0 cannot collide
 HEADER_AAD = b"cdev-enc header\x00"
 
@@ -68,36 +68,87 @@ def _readinto_full(src: BinaryIO, buf: memoryview) -> int:
     return got
 
 
-class _Writer:
-    """Writes finished batches in order, on its own thread when ``threaded``.
+class _Stopped(Exception):
+    """The writing side gave up: the worker stops at its next batch."""
 
-    Reading and sealing a batch (the reading thread) then overlaps with writing the
-    previous ones: on two cores the two copies through the kernel, which cost more than
-    AES-GCM itself, run side by side. A batch's buffer is handed back for reuse only
-    after its write returned, and at most :attr:`depth` writes are queued, so memory
-    stays bounded. Write errors surface, in order, on the reading thread.
+
+class _Pipeline:
+    """Reading and crypto on a worker thread, writing on the calling thread.
+
+    Writing is the thread that allocates the output's page-cache pages, and that is cheapest
+    on the CPU whose per-CPU free lists hold the pages freed just before (by the previous
+    output, a deleted file): the CPU this process started on is likelier to be that one
+    than the idle CPU the scheduler gives a new thread. On a VM that reports free memory to
+    its host, pages taken from elsewhere can cost five times as much to write
+    (``docs/benchmarks/crypt.md``).
+
+    The worker fills the output buffers in turn and hands each over with :meth:`put`; it
+    reuses one only after the writer gave it back, and at most :attr:`depth` are out, so
+    memory stays bounded. Without threads everything runs inline, in order.
     """
 
-    def __init__(self, dst: BinaryIO, threaded: bool) -> None:
-        self._dst = dst
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="cdev-write") if threaded else None
-        self._pending: deque[Future[object]] = deque()
+    def __init__(self, dst: BinaryIO, threaded: bool, progress: Progress | None) -> None:
+        self._dst, self._progress = dst, progress
+        self.threaded = threaded
         self.depth = DEPTH if threaded else 1
+        self._ready: queue.SimpleQueue[tuple[memoryview, int] | BaseException | None] = (
+            queue.SimpleQueue()
+        )
+        self._free = threading.Semaphore(self.depth)
+        self._stopped = False
 
-    def write(self, data: memoryview) -> None:
-        if self._pool is None:
-            self._dst.write(data)
+    def slot(self) -> None:
+        """Wait until the next output buffer (in turn) has been written."""
+        if self.threaded:
+            self._free.acquire()
+            if self._stopped:
+                raise _Stopped
+
+    def put(self, data: memoryview, consumed: int) -> None:
+        """Hand over a finished batch: ``consumed`` input bytes gave ``data``."""
+        if self.threaded:
+            self._ready.put((data, consumed))
         else:
-            self._pending.append(self._pool.submit(self._dst.write, data))
+            self._write(data, consumed)
 
-    def wait(self, keep: int) -> None:
-        """Wait until at most ``keep`` writes are still queued (raising what one raised)."""
-        while len(self._pending) > keep:
-            self._pending.popleft().result()
+    def _write(self, data: memoryview, consumed: int) -> None:
+        self._dst.write(data)
+        if self._progress:
+            self._progress(consumed)
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+    def run(self, work: Callable[[_Pipeline], int]) -> int:
+        """``work(self)`` on the worker, writing what it puts; returns what it returns."""
+        if not self.threaded:
+            return work(self)
+        result: list[int] = []
+
+        def worker() -> None:
+            try:
+                result.append(work(self))
+                self._ready.put(None)
+            except _Stopped:
+                pass
+            except BaseException as exc:  # handed to the writing thread, which raises it
+                self._ready.put(exc)
+
+        # A daemon: after a failed write the worker may be blocked reading a pipe that
+        # never ends; it must not keep the process alive. It owns the crypto session and
+        # closes it as it leaves.
+        thread = threading.Thread(target=worker, name="cdev-crypt", daemon=True)
+        thread.start()
+        try:
+            while (item := self._ready.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                self._write(*item)
+                self._free.release()
+        except BaseException:
+            self._stopped = True
+            for _ in range(self.depth):
+                self._free.release()
+            raise
+        thread.join()
+        return result[0]
 
 
 def _seal_batch(
@@ -124,31 +175,28 @@ def encrypt_chunks(
     progress: Progress | None = None,
 ) -> int:
     """Seal ``src`` chunk by chunk to ``dst``; returns the number of plaintext bytes."""
-    writer = _Writer(dst, threads > 1)
-    # Sealing reads ``buf`` and is done before the next read: one input buffer suffices.
-    # An output buffer is reused only once its write returned: one per queued write.
-    buf = memoryview(bytearray(BATCH * chunk))
-    outs = [memoryview(bytearray(BATCH * (chunk + TAG))) for _ in range(writer.depth)]
-    total = index = 0
-    try:
+    pipe = _Pipeline(dst, threads > 1, progress)
+
+    def work(pipe: _Pipeline) -> int:
+        # Sealing reads ``buf`` and is done before the next read: one input buffer
+        # suffices. An output buffer is reused only once it was written: one per slot.
+        buf = memoryview(bytearray(BATCH * chunk))
+        outs = [memoryview(bytearray(BATCH * (chunk + TAG))) for _ in range(pipe.depth)]
+        total = index = 0
         with provider.open_session(cipher=AES_GCM, key=key) as s:
             for batch in itertools.count():
-                writer.wait(writer.depth - 1)  # frees outs[batch % depth]
+                pipe.slot()  # outs[batch % depth] was written
                 n = _readinto_full(src, buf)
                 final = n < len(buf)
-                writer.write(
-                    _seal_batch(s, buf, outs[batch % writer.depth], n, index, final, chunk)
-                )
+                out = outs[batch % pipe.depth]
+                pipe.put(_seal_batch(s, buf, out, n, index, final, chunk), n)
                 index += n // chunk
                 total += n
-                if progress:
-                    progress(n)
                 if final:
-                    writer.wait(0)
                     return total
-    finally:
-        writer.close()
-    raise AssertionError("unreachable")
+        raise AssertionError("unreachable")
+
+    return pipe.run(work)
 
 
 def _open_batch(
@@ -185,12 +233,13 @@ def decrypt_chunks(
 ) -> int:
     """Open every chunk of ``src`` to ``dst``, each batch written only once all its tags
     verified; raises :class:`IntegrityError` on any modification or truncation."""
-    writer = _Writer(dst, threads > 1)
-    # Two input buffers: the batch being opened and the one read ahead to find the end.
-    ins = [memoryview(bytearray(BATCH * (chunk + TAG))) for _ in range(2)]
-    outs = [memoryview(bytearray(BATCH * chunk)) for _ in range(writer.depth)]
-    total = index = 0
-    try:
+    pipe = _Pipeline(dst, threads > 1, progress)
+
+    def work(pipe: _Pipeline) -> int:
+        # Two input buffers: the batch being opened and the one read ahead to find the end.
+        ins = [memoryview(bytearray(BATCH * (chunk + TAG))) for _ in range(2)]
+        outs = [memoryview(bytearray(BATCH * chunk)) for _ in range(pipe.depth)]
+        total = index = 0
         with provider.open_session(cipher=AES_GCM, key=key) as s:
             n = _readinto_full(src, ins[0])
             if n == 0:
@@ -200,17 +249,14 @@ def decrypt_chunks(
                 # A full batch may be the last: look one batch ahead to know.
                 n_next = _readinto_full(src, ahead) if n == len(cur) else 0
                 final = n_next == 0
-                writer.wait(writer.depth - 1)  # frees outs[batch % depth]
-                out = _open_batch(s, cur, outs[batch % writer.depth], n, index, final, chunk)
-                writer.write(out)
+                pipe.slot()  # outs[batch % depth] was written
+                out = _open_batch(s, cur, outs[batch % pipe.depth], n, index, final, chunk)
+                pipe.put(out, n)
                 index += BATCH
                 total += len(out)
-                if progress:
-                    progress(n)
                 if final:
-                    writer.wait(0)
                     return total
                 n = n_next
-    finally:
-        writer.close()
-    raise AssertionError("unreachable")
+        raise AssertionError("unreachable")
+
+    return pipe.run(work)

@@ -3,14 +3,21 @@ matters to the batching, and every way to break a file; suite 1 files keep decry
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import subprocess
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cdev_plugins.software import SoftwareProvider
 
+from cdev import stream_gcm
 from cdev.fileformat import CHUNK, HEADER_LEN, SUITE_AES256CBC_HMACSHA256, SUITE_AES256GCM
 from cdev.stream_gcm import BATCH, TAG
-from tests.cli_helpers import assert_one_line_error, run_cdev
+from tests.cli_helpers import CDEV, assert_one_line_error, run_cdev
 
 KEY_HEX = os.urandom(32).hex()
 RECORD = CHUNK + TAG
@@ -194,3 +201,78 @@ def test_bad_suite_option(tmp_path: Path) -> None:
                     str(key_file(tmp_path)))  # fmt: skip
     assert "--suite must be auto, 1 or 2" in assert_one_line_error(proc, 2)
     assert not (tmp_path / "p.cdev").exists()
+
+
+class _ThreadRecorder(io.BytesIO):
+    """An output that notes which thread made each write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: set[int] = set()
+        self.writes = 0
+
+    def write(self, data: Any) -> int:
+        self.writers.add(threading.get_ident())
+        self.writes += 1
+        return super().write(data)
+
+
+def test_the_calling_thread_writes_while_a_worker_reads_and_seals() -> None:
+    # The writing thread allocates the output's pages: it must be the one that called, not a
+    # thread the scheduler put on another CPU (see stream_gcm._Pipeline).
+    plain = os.urandom(5 * BATCH_BYTES + 77)
+    key = os.urandom(32)
+    with SoftwareProvider() as provider:
+        enc = _ThreadRecorder()
+        crypt_threads: set[int] = set()
+        seal = stream_gcm._seal_batch
+
+        def noting_seal(*a: Any) -> memoryview:
+            crypt_threads.add(threading.get_ident())
+            return seal(*a)
+
+        stream_gcm._seal_batch = noting_seal  # type: ignore[assignment]
+        try:
+            assert stream_gcm.encrypt_chunks(io.BytesIO(plain), enc, provider, key, CHUNK, 2)
+        finally:
+            stream_gcm._seal_batch = seal  # type: ignore[assignment]
+        assert enc.writers == {threading.get_ident()} and enc.writes == 6
+        assert crypt_threads and threading.get_ident() not in crypt_threads
+        dec = _ThreadRecorder()
+        n = stream_gcm.decrypt_chunks(io.BytesIO(enc.getvalue()), dec, provider, key, CHUNK, 2)
+        assert n == len(plain) and dec.getvalue() == plain
+        assert dec.writers == {threading.get_ident()}
+
+
+def test_a_failed_write_ends_even_while_the_input_stays_open(tmp_path: Path) -> None:
+    # When the write fails, the worker is blocked reading a pipe that does not end: cdev must
+    # still report the error and exit, not wait for the input.
+    proc = subprocess.Popen(
+        [CDEV, "crypt", "encrypt", "-", "-o", "-", "--key-file", str(key_file(tmp_path))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin and proc.stdout and proc.stderr
+
+    def feed() -> None:  # one whole batch and the start of the next, then nothing
+        assert proc.stdin
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(os.urandom(BATCH_BYTES + 1000))
+            proc.stdin.flush()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        assert proc.stdout.read(1)  # the header is out: the failing write is a batch's
+        proc.stdout.close()
+        rc = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        feeder.join()
+        proc.stdin.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert rc == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "the reader closed the pipe" in lines[0], err
