@@ -15,7 +15,7 @@ import typer
 import typer.main
 from typer.core import TyperGroup
 
-from cdev import __version__
+import cdev
 from cdev.errors import error_exit
 from cdev.plugins import (
     BLOCK_ENV,
@@ -87,7 +87,7 @@ def _load_builtin(name: str) -> Any:
 
 def _version(value: bool) -> None:
     if value:
-        print(f"cdev {__version__}")
+        print(f"cdev {cdev.__version__}")
         raise typer.Exit()
 
 

@@ -15,14 +15,14 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from cdev import hookspecs
+from cdev import hookspecs, plugin_index
 from cdev.errors import UnavailableError
+from cdev.plugin_index import PluginEntry
 from cdev.provider import Provider, ProviderEntry, ProviderFactory
 
 if TYPE_CHECKING:  # cdev.transport imports asyncio, which only chat needs
@@ -197,42 +197,35 @@ def _command_names(app: Any) -> set[str]:
     return names
 
 
-def _dist_name(ep: EntryPoint) -> str | None:
-    return ep.dist.metadata["Name"] if ep.dist is not None else None
-
-
-def _origin(ep: EntryPoint) -> tuple[str, str]:
-    dist = ep.dist
-    if dist is None:
+def _origin(ep: PluginEntry) -> tuple[str, str]:
+    if ep.dist is None:
         return "unknown", "?"
-    name = dist.metadata["Name"] or "?"
-    origin = "built-in" if name == BUILTIN_DIST else f"distribution {name}"
-    return origin, dist.version
+    origin = "built-in" if ep.dist == BUILTIN_DIST else f"distribution {ep.dist}"
+    return origin, ep.version
 
 
-def _describe_dist(ep: EntryPoint) -> str:
+def _describe_dist(ep: PluginEntry) -> str:
     if ep.dist is None:
         return f"{ep.value} (unknown distribution)"
-    where = ep.dist.locate_file("")
-    return f"{_dist_name(ep)} {ep.dist.version} ({ep.value}, in {where})"
+    return f"{ep.dist} {ep.version} ({ep.value}, in {ep.location})"
 
 
-def discover() -> tuple[dict[str, EntryPoint], dict[str, list[str]]]:
+def discover() -> tuple[dict[str, PluginEntry], dict[str, list[str]]]:
     """Entry points by plugin name, and messages for the names that two distributions claim.
 
     Of two that clash, the built-in wins, else the one earlier on ``sys.path`` (the one
     Python itself would import first). The same target listed twice (stale metadata of one
     package) is one plugin, not a clash.
     """
-    chosen: dict[str, EntryPoint] = {}
+    chosen: dict[str, PluginEntry] = {}
     clashes: dict[str, list[str]] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in plugin_index.entries(ENTRY_POINT_GROUP):
         first = chosen.get(ep.name)
         if first is None:
             chosen[ep.name] = ep
             continue
         keep, drop = first, ep
-        if _dist_name(ep) == BUILTIN_DIST and _dist_name(first) != BUILTIN_DIST:
+        if ep.dist == BUILTIN_DIST and first.dist != BUILTIN_DIST:
             keep, drop = ep, first
         chosen[ep.name] = keep
         if first.value == ep.value:
@@ -276,7 +269,7 @@ def plugin_options(argv: list[str]) -> tuple[str | None, str | None]:
 class _Selection:
     """The plugins to load, found without importing any."""
 
-    eps: dict[str, EntryPoint]
+    eps: dict[str, PluginEntry]
     clashes: dict[str, list[str]]
     chosen: list[str]
     load_set: set[str] | None
@@ -338,7 +331,7 @@ def load_for_provider(
     """
     sel = _select_plugins(load, block)
     registry = _new_registry(sel)
-    builtin_only = all(_dist_name(sel.eps[n]) == BUILTIN_DIST for n in sel.chosen)
+    builtin_only = all(sel.eps[n].dist == BUILTIN_DIST for n in sel.chosen)
     if builtin_only and provider in sel.chosen:
         _load_plugins(registry, sel, [provider])
         if provider in registry.providers:
