@@ -31,6 +31,7 @@ from typing import Any
 
 CACHE_ENV = "XDG_CACHE_HOME"
 FORMAT = 1
+KEEP = 32  # cache files kept, one per sys.path
 # What importlib.metadata.EntryPoint accepts: "module[.sub]:attr[.sub] [extras]".
 _VALUE = re.compile(r"^(?P<module>[\w.]+)\s*(?::\s*(?P<attr>[\w.]+)\s*)?(?:\[.*\]\s*)?$")
 
@@ -152,10 +153,23 @@ def _read(path: Path, stamp: list[Any]) -> list[PluginEntry] | None:
         return None
 
 
+def _prune(cache_dir: Path) -> None:
+    """Make room for one more file among the newest :data:`KEEP`: ``python -m cdev`` run
+    from many directories makes one per directory."""
+    files = []
+    for f in cache_dir.glob("plugins-*.json"):
+        with contextlib.suppress(OSError):
+            files.append((f.stat().st_mtime_ns, f))
+    for _, f in sorted(files, reverse=True)[KEEP - 1 :]:
+        with contextlib.suppress(OSError):
+            f.unlink()
+
+
 def _write(path: Path, stamp: list[Any], found: list[PluginEntry]) -> None:
     data = json.dumps({"stamp": stamp, "entries": [asdict(e) for e in found]})
     with contextlib.suppress(OSError):
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _prune(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".plugins-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:

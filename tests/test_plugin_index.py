@@ -164,3 +164,16 @@ def test_loading_matches_importlib_metadata() -> None:
         plugin_index.PluginEntry("x", "not a module!", None, "?", "?").load()
     dotted = plugin_index.PluginEntry("x", "os.path : join", None, "?", "?")
     assert dotted.load() is os.path.join
+
+
+def test_old_cache_files_are_pruned(cache_home: Path) -> None:
+    d = cache_home / "cdev"
+    d.mkdir(parents=True, mode=0o700)
+    for i in range(plugin_index.KEEP + 10):
+        f = d / f"plugins-{i:08x}.json"
+        f.write_text("{}")
+        os.utime(f, ns=(i * 10**9, i * 10**9))
+    names()  # a miss: written, and the oldest removed
+    left = sorted(p.name for p in d.glob("plugins-*.json"))
+    assert len(left) == plugin_index.KEEP
+    assert "plugins-00000000.json" not in left and f"plugins-{41:08x}.json" in left
