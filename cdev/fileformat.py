@@ -22,9 +22,8 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from cdev import stream_gcm
 from cdev.errors import CdevError, IntegrityError, UnavailableError
@@ -41,6 +40,9 @@ from cdev.provider import (
     Session,
 )
 from cdev.streamio import read_full as _read_full
+
+if TYPE_CHECKING:  # suite 1 only: concurrent.futures costs start-up time (it loads logging)
+    from concurrent.futures import Future
 
 MAGIC = b"cdev-enc"
 VERSION = 1
@@ -144,6 +146,8 @@ class _Workers:
         self._local = threading.local()
         self._opened: list[tuple[Session, Session]] = []
         self._lock = threading.Lock()
+        from concurrent.futures import ThreadPoolExecutor
+
         self._pool = ThreadPoolExecutor(threads) if threads > 1 else None
         self._pending: deque[Future[bytes]] = deque()
         self._depth = 2 * threads
