@@ -69,6 +69,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
+def start_reader(target: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A live `cdev vq-trace --attach TARGET --json`, as a user runs it, once attached."""
+    live = subprocess.Popen(
+        [sys.executable, "-m", "cdev", "vq-trace", "--attach", target, "--json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert live.stderr is not None
+    line = live.stderr.readline().decode()
+    assert "attached" in line, line
+    return live
+
+
+def stop_reader(live: subprocess.Popen[bytes]) -> None:
+    """Interrupt the reader as Ctrl-C would: it detaches, switching the events off."""
+    live.send_signal(2)
+    live.communicate(timeout=120)
+
+
 def _wait(path: Path, proc: GuestProcess) -> None:
     while not path.exists():
         if proc.poll() is not None:
@@ -94,16 +112,9 @@ def on_host(args: argparse.Namespace) -> None:
         for i, (kind, size) in enumerate(steps):
             _wait(share / f"at-{i}", proc)
             if kind == "on" and live is None:
-                live = subprocess.Popen(
-                    [sys.executable, "-m", "cdev", "vq-trace", "--attach", g.name, "--json"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
-                )  # fmt: skip
-                assert live.stderr is not None
-                line = live.stderr.readline().decode()
-                assert "attached" in line, line
+                live = start_reader(g.name)
             elif kind != "on" and live is not None:
-                live.send_signal(2)
-                live.communicate(timeout=120)
+                stop_reader(live)
                 live = None
             start = cpu_seconds(g.qemu_pid)
             reader_start = cpu_seconds(live.pid) if live else 0.0

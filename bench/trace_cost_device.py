@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.trace_cost import _cpu_model, cpu_seconds  # noqa: E402
+from bench.trace_cost import _cpu_model, cpu_seconds, start_reader, stop_reader  # noqa: E402
 from tests.qtest_guest import (  # noqa: E402
     C,
     Qtest,
@@ -100,7 +100,7 @@ def main() -> None:
             for _ in range(args.requests // BATCH):
                 devs[i].submit(chains[i][size])
             used = cpu_seconds(qemus[i].proc.pid) - start
-            n = args.requests // BATCH * BATCH
+            n: int = args.requests // BATCH * BATCH
             if live:
                 reader_cpu += cpu_seconds(live.pid) - rstart
                 traced += n
@@ -111,24 +111,15 @@ def main() -> None:
         live: subprocess.Popen[bytes] | None = None
         for kind in ["off", "on"] * args.rounds:
             if kind == "on" and live is None:
-                live = subprocess.Popen(
-                    [sys.executable, "-m", "cdev", "vq-trace", "--attach", str(sock), "--json"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
-                    env={**os.environ, "CDEV_RUN_DIR": str(tmp / "run")},
-                )  # fmt: skip
-                assert live.stderr is not None
-                line = live.stderr.readline().decode()
-                assert "attached" in line, line
+                live = start_reader(str(sock), {**os.environ, "CDEV_RUN_DIR": str(tmp / "run")})
             elif kind != "on" and live is not None:
-                live.send_signal(2)
-                live.communicate(timeout=120)
+                stop_reader(live)
                 live = None
             for size in SIZES:
                 control = step(0, size, "control", None)
                 ratios[kind].setdefault(size, []).append(step(1, size, kind, live) / control)
         if live is not None:
-            live.send_signal(2)
-            live.communicate(timeout=120)
+            stop_reader(live)
     finally:
         for qt in qemus:
             qt.close()
