@@ -165,9 +165,23 @@ def _prune(cache_dir: Path) -> None:
             f.unlink()
 
 
+def _ours(directory: Path) -> bool:
+    """Whether ``directory``, or the nearest part of it that exists, belongs to this user:
+    root running with another user's HOME (sudo keeping it) must not leave root-owned
+    files in that user's home."""
+    for d in (directory, *directory.parents):
+        try:
+            return os.stat(d).st_uid == os.geteuid()
+        except FileNotFoundError:
+            continue
+    return False
+
+
 def _write(path: Path, stamp: list[Any], found: list[PluginEntry]) -> None:
     data = json.dumps({"stamp": stamp, "entries": [asdict(e) for e in found]})
     with contextlib.suppress(OSError):
+        if not _ours(path.parent):
+            return
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _prune(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".plugins-", suffix=".tmp")

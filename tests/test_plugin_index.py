@@ -177,3 +177,17 @@ def test_old_cache_files_are_pruned(cache_home: Path) -> None:
     left = sorted(p.name for p in d.glob("plugins-*.json"))
     assert len(left) == plugin_index.KEEP
     assert "plugins-00000000.json" not in left and f"plugins-{41:08x}.json" in left
+
+
+def test_nothing_is_written_into_another_users_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As root with another user's HOME (sudo keeping it): no root-owned files there.
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a directory another user owns")
+    home = tmp_path / "someone"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    assert "software" in names()
+    assert list(home.iterdir()) == []
