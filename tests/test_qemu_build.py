@@ -78,6 +78,32 @@ def test_cache_key_follows_the_inputs(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert qemu_build.cache_key("debian:qemu:1", flags) != key
 
 
+def test_cache_key_ignores_what_the_build_does_not_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    root = tmp_path / "qemu"
+    for name in (
+        "overlay/hw/virtio/dev.c",
+        "integration/meson.build.in",
+        "README.md",
+        "../kernel/virtio_cryptodev.h",
+    ):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("one\n")
+    monkeypatch.setattr(qemu_build, "backend_dir", lambda: root)
+    monkeypatch.setattr(qemu_build, "repo_root", lambda: tmp_path)
+    flags = qemu_build.configure_flags()
+    key = qemu_build.cache_key("debian:qemu:1", flags)
+    (root / "README.md").write_text("two\n")
+    (root / "build-x86").mkdir()
+    (root / "build-x86" / "config.h").write_text("generated\n")
+    assert qemu_build.cache_key("debian:qemu:1", flags) == key
+    for name in ("overlay/hw/virtio/dev.c", "integration/meson.build.in"):
+        before = qemu_build.cache_key("debian:qemu:1", flags)
+        (root / name).write_text("changed\n")
+        assert qemu_build.cache_key("debian:qemu:1", flags) != before, name
+
+
 def test_firmware_dirs_exist() -> None:
     dirs = qemu_build.firmware_dirs()
     assert all(d.is_dir() for d in dirs)

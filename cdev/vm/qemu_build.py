@@ -118,15 +118,19 @@ def configure_flags(sanitizers: bool = False) -> tuple[str, ...]:
     return CONFIGURE_FLAGS + (SANITIZER_FLAGS if sanitizers else ())
 
 
+# The parts of ``qemu/`` that `apply_backend` copies into QEMU's tree: only these (and the
+# protocol header) key the cache, so editing qemu/README.md does not rebuild QEMU.
+BUILD_INPUT_DIRS = ("overlay", "integration")
+
+
 def backend_files() -> list[Path]:
     """Every file of ``qemu/`` that goes into the build, sorted (the cache key's inputs)."""
     root = backend_dir()
     files = [
         p
-        for p in root.rglob("*")
-        if p.is_file()
-        and "__pycache__" not in p.parts
-        and not p.relative_to(root).parts[0].startswith("build")
+        for sub in BUILD_INPUT_DIRS
+        for p in (root / sub).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
     ]
     return sorted(files)
 
