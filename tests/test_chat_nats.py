@@ -7,6 +7,7 @@ transport plugin and the ordinary member protocol.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -231,27 +232,44 @@ def test_wrong_passphrase_is_refused(cluster: LocalCluster) -> None:
     asyncio.run(main())
 
 
-async def _spy(cluster: LocalCluster, room: str) -> tuple[Any, list[bytes]]:
-    """Someone else on the bus: a plain NATS client subscribed to the room, on p0's home
-    server. There its subscription is in place once flush() returns; on another node p0's
-    server would learn of it over the route a moment later, and under load p0's next
-    records could go out before that and never reach the spy."""
+async def _spy(cluster: LocalCluster, room: str, sender: BusRoomClient) -> tuple[Any, list[bytes]]:
+    """Someone else on the bus: a plain NATS client subscribed to the room, on the sender's
+    home server. It returns once one of the sender's heartbeats has reached it: from then on
+    the sender's server knows of the subscription (a subscription on another node reaches it
+    over the route a moment later, and the sender may not be on its home server after a
+    reconnect), so the sender's next records cannot miss the spy."""
     nc = await nats.connect(servers=[f"nats://{cluster.nodes[0].url}"])
     seen: list[bytes] = []
+    heard = asyncio.Event()
 
     async def cb(msg: Any) -> None:
         seen.append(msg.data)
+        if msg.data[:1] == b"P":
+            with contextlib.suppress(ValueError):
+                if json.loads(msg.data[1:]).get("id") == sender.id:
+                    heard.set()
 
     await nc.subscribe(f"{SUBJECT_PREFIX}.{room}", cb=cb)
     await nc.flush()
+    async with asyncio.timeout(GUARD):
+        await heard.wait()
     return nc, seen
 
 
-async def _records(seen: list[bytes], n: int) -> list[bytes]:
+async def _records(seen: list[bytes], n: int, sender: BusRoomClient) -> list[bytes]:
+    """The first ``n`` records the spy saw from ``sender``."""
+
+    def mine() -> list[bytes]:
+        return [
+            m
+            for m in seen
+            if m[:1] == b"R" and len(m) > ROUTE.size and ROUTE.unpack_from(m, 1)[0] == sender.id
+        ]
+
     async with asyncio.timeout(GUARD):
-        while sum(m[:1] == b"R" for m in seen) < n:
+        while len(mine()) < n:
             await asyncio.sleep(0.01)
-    return [m for m in seen if m[:1] == b"R"]
+    return mine()[:n]
 
 
 async def _first_message(client: BusRoomClient) -> Event:
@@ -270,10 +288,10 @@ def test_forged_sender_is_refused(cluster: LocalCluster, forger: str) -> None:
     async def main() -> None:
         a, b, m = await join_all(cluster, 3, room)
         await everyone_sees_everyone([a, b, m])
-        nc, seen = await _spy(cluster, room)
+        nc, seen = await _spy(cluster, room, a)
         await a.send(b"p0:0")
         assert (await _first_message(b)).text == b"p0:0"
-        (genuine,) = await _records(seen, 1)
+        (genuine,) = await _records(seen, 1, a)
         route = genuine[1 : 1 + ROUTE.size]  # p0's id as sender, to everyone
         member_a = m.members[a.id]
         if forger == "outsider":
@@ -307,12 +325,12 @@ def test_replayed_stream_is_refused(cluster: LocalCluster) -> None:
     async def main() -> None:
         a, b = await join_all(cluster, 2, room)
         await everyone_sees_everyone([a, b])
-        nc, seen = await _spy(cluster, room)
+        nc, seen = await _spy(cluster, room, a)
         for k in range(3):
             await a.send(f"p0:{k}".encode())
         for k in range(3):
             assert (await _first_message(b)).text == f"p0:{k}".encode()
-        for m in await _records(seen, 3):  # the whole stream, again
+        for m in await _records(seen, 3, a):  # the whole stream, again
             await nc.publish(f"{SUBJECT_PREFIX}.{room}", m)
         replayed = r"replayed record from p0 \(sequence 1, expected 4\)"
         with pytest.raises(IntegrityError, match=replayed):
