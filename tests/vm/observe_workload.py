@@ -147,7 +147,11 @@ def known(share: Path) -> dict[str, Any]:
         "sessions": {name: s.id for name, s in sessions.items()},
         "fds": fds,
     }
-    (share / "holding.json").write_text(json.dumps(state))
+    # Whole or not at all: the host polls for this file over the share and reads it as soon
+    # as it exists.
+    tmp = share / "holding.json.tmp"
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, share / "holding.json")
     sys.stdin.readline()  # the host looks at the open sessions meanwhile
     for name in DESTROYED:
         sessions[name].destroy()

@@ -7,6 +7,7 @@ attaching switches them on over QMP, detaching back off. A known workload in the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ import pytest
 
 from cdev.device_state import host_state
 from cdev.qmp import Qmp
+from cdev.vm.channel import GuestError
 from cdev.vm.guest import Guest, GuestProcess
 from cdev.vq_live import Attachment, resolve
 from tests.vm import observe_workload as workload
@@ -75,6 +77,17 @@ class LiveTrace:
             time.sleep(0.2)
         raise AssertionError(f"saw {request} fewer than {count} times")
 
+    def abandon(self) -> None:
+        """Detach if still attached (a failed test must not leave the trace events on for
+        the next test on this guest)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
     def stop(self) -> tuple[int, dict[str, Any], str]:
         self.proc.send_signal(signal.SIGINT)
         status = self.proc.wait(timeout=60)
@@ -94,6 +107,14 @@ def _start_known(g: Guest) -> GuestProcess:
     return g.spawn(
         [sys.executable, str(WORKLOAD), "known", str(g.shared_dir)], keep_stdin=True, timeout=600
     )
+
+
+def _end_known(proc: GuestProcess) -> None:
+    """Let a workload still holding its sessions go (a failed test's)."""
+    if proc.poll() is None:
+        proc.write("done\n")
+        with contextlib.suppress(GuestError):  # on a timeout the agent kills it
+            proc.wait(timeout=120)
 
 
 def _holding(g: Guest, proc: GuestProcess) -> dict[str, Any]:
@@ -141,14 +162,18 @@ def _guest_counters(g: Guest) -> dict[str, int]:
     return {k: int(v) for k, v in (line.split() for line in res.stdout.splitlines())}
 
 
-def test_known_workload_seen_exactly_through_attach(guest: Guest, tmp_path: Path) -> None:
+def test_known_workload_seen_exactly_through_attach(
+    guest: Guest, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     assert _states(guest) == {False}
     host_before = host_state(guest.qmp_socket)[0]
     guest_before = _guest_counters(guest)
     log_start = guest.trace_log.stat().st_size if guest.trace_log.exists() else 0
     live = LiveTrace(guest.name)
+    request.addfinalizer(live.abandon)
     assert _states(guest) == {True}
     proc = _start_known(guest)
+    request.addfinalizer(lambda: _end_known(proc))
     state = _holding(guest, proc)
     assert state["bad"] == 0
 
