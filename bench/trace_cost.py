@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def start_reader(target: str, env: dict[str, str] | None = None) -> subprocess.P
 
 def stop_reader(live: subprocess.Popen[bytes]) -> None:
     """Interrupt the reader as Ctrl-C would: it detaches, switching the events off."""
-    live.send_signal(2)
+    live.send_signal(signal.SIGINT)
     live.communicate(timeout=120)
 
 
