@@ -217,7 +217,9 @@ class _ThreadRecorder(io.BytesIO):
         return super().write(data)
 
 
-def test_the_calling_thread_writes_while_a_worker_reads_and_seals() -> None:
+def test_the_calling_thread_writes_while_a_worker_reads_and_seals(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # The writing thread allocates the output's pages: it must be the one that called, not a
     # thread the scheduler put on another CPU (see stream_gcm._Pipeline).
     plain = os.urandom(5 * BATCH_BYTES + 77)
@@ -231,11 +233,9 @@ def test_the_calling_thread_writes_while_a_worker_reads_and_seals() -> None:
             crypt_threads.add(threading.get_ident())
             return seal(*a)
 
-        stream_gcm._seal_batch = noting_seal  # type: ignore[assignment]
-        try:
+        with monkeypatch.context() as m:
+            m.setattr(stream_gcm, "_seal_batch", noting_seal)
             assert stream_gcm.encrypt_chunks(io.BytesIO(plain), enc, provider, key, CHUNK, 2)
-        finally:
-            stream_gcm._seal_batch = seal  # type: ignore[assignment]
         assert enc.writers == {threading.get_ident()} and enc.writes == 6
         assert crypt_threads and threading.get_ident() not in crypt_threads
         dec = _ThreadRecorder()
